@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from detectlab.core.config import data_root
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """DETECTLAB_DATA (or ../shared/data); tests that need it skip with a visible reason when absent."""
+    root = data_root()
+    if root is None or not root.exists():
+        pytest.skip("real data not found: set DETECTLAB_DATA to the shared data folder")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads():
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
