@@ -182,7 +182,8 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
                                   dict(model_name=m, attack=attack, eps=float(eps), cfg_dict=cd, ckpt=ck, threshold=thr)))
     res = run_units(run, units, cfg.workers, cfg.ray_address, description="attack x eps")
 
-    metrics: dict[str, Any] = {"threshold": thr, "threshold_images": det.n_fit, "data": test.source,
+    metrics: dict[str, Any] = {"threshold": thr, "threshold_images": det.n_fit,
+                               "train_fpr": float((train_stat > thr).float().mean()), "data": test.source,
                                "n_test": len(test), "detector_fit": det.fit_stats, "models": {}}
     rows = []
     for m in cfg.models:

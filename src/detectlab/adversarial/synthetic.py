@@ -20,10 +20,13 @@ def builtin_digits(seed: int = 0, test_fraction: float = 0.25) -> tuple[Split, S
 
     d = load_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N,1,8,8)
-    x = F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False, antialias=False)
-    x = F.pad(x, (4, 4, 4, 4)).clamp_(0, 1)
-    # MNIST digits are anti-aliased with sharp-ish strokes; quantise to 8 bit like a real image
-    x = torch.round(x * 255) / 255
+    # Bicubic, not bilinear: the detector's linear predictor is exact on bilinear surfaces, which would make
+    # the built-in digits unnaturally smooth. MNIST strokes are saturated with anti-aliased edges: a contrast
+    # gain of 2.5 around mid-grey gives the same mean statistic as MNIST (0.0019 vs 0.0017 on 0-255 scale).
+    x = F.interpolate(x, size=(20, 20), mode="bicubic", align_corners=False)
+    x = ((x - 0.5) * 2.5 + 0.5).clamp_(0, 1)
+    x = F.pad(x, (4, 4, 4, 4))
+    x = torch.round(x * 255) / 255  # 8-bit like a real image
     y = torch.from_numpy(d.target.astype(np.int64))
     tr, te = stratified_holdout(d.target, test_fraction, seed=seed)
     return Split(x[tr], y[tr], "sklearn-digits"), Split(x[te], y[te], "sklearn-digits")
