@@ -1,0 +1,137 @@
+"""Client partitions: the paper's three experiments, Dirichlet non-IID and IID, split by source video.
+
+Every partition is built the same way, so no source video (``videos.txt``) or clip spans train and test:
+
+1. a grouped, stratified holdout of the clips (core.splits.stratified_holdout with the source video as the
+   group) gives a global train set and a global test set;
+2. in each of the two sets, per class, the clips sorted by source (so a site/camera stays together) are
+   dealt out to the clients in contiguous runs whose chunk counts follow the target fractions of the
+   experiment. A client's held-out data is therefore from its own slice of the test sources.
+
+Target fractions (per class, over clients) follow the paper's client tables:
+- ``balanced2`` (Table I): 900/900 and 900/900 fight/non-fight chunks -> 1/2, 1/2 of each class;
+- ``imbalanced3`` (Table II): fight 641/655/504, non-fight 27/1305/468;
+- ``combined4`` (Table III, two datasets pooled): fight 570/151/1019/695, non-fight 402/49/777/1207;
+- ``dirichlet``: per class, fractions ~ Dirichlet(alpha) over `clients` clients; ``iid``: equal fractions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from detectlab.core.errors import InputError
+from detectlab.core.splits import stratified_holdout
+
+#: per experiment: (fight counts, non-fight counts) per client, as in the paper's Tables I-III
+PAPER_TABLES = {
+    "balanced2": ([900, 900], [900, 900]),
+    "imbalanced3": ([641, 655, 504], [27, 1305, 468]),
+    "combined4": ([570, 151, 1019, 695], [402, 49, 777, 1207]),
+}
+#: the paper's Table IV (accuracy, loss) of its FedPer model per experiment
+PAPER_RESULTS = {
+    "balanced2": {"config": "Balanced, RWF dataset", "clients": 2, "accuracy": 0.9869, "loss": 0.0031},
+    "imbalanced3": {"config": "Imbalanced, RWF dataset", "clients": 3, "accuracy": 0.9860, "loss": 0.0024},
+    "combined4": {"config": "Imbalanced, RWF & Crowd Violence", "clients": 4, "accuracy": 0.993, "loss": 0.0018},
+}
+EXPERIMENTS = ("balanced2", "imbalanced3", "combined4", "dirichlet", "iid")
+
+
+def n_clients_of(kind: str, clients: int) -> int:
+    if kind in PAPER_TABLES:
+        return len(PAPER_TABLES[kind][0])
+    if kind in ("dirichlet", "iid"):
+        if clients < 1:
+            raise InputError(f"experiment '{kind}'", f"needs clients >= 1, got {clients}")
+        return clients
+    raise InputError(f"experiment '{kind}'", "unknown experiment", "one of " + ", ".join(EXPERIMENTS))
+
+
+def target_fractions(kind: str, clients: int = 2, alpha: float = 0.5, seed: int = 0) -> np.ndarray:
+    """(2, K) array: row c = the fraction of class c (0 non-fight, 1 fight) each client gets."""
+    k = n_clients_of(kind, clients)
+    if kind in PAPER_TABLES:
+        fi, no = (np.asarray(v, float) for v in PAPER_TABLES[kind])
+        return np.stack([no / no.sum(), fi / fi.sum()])
+    if kind == "iid":
+        return np.full((2, k), 1.0 / k)
+    rng = np.random.default_rng(seed + 7919)
+    return rng.dirichlet(np.full(k, alpha), size=2)
+
+
+def deal(weights: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Deal items (in order, with sizes `weights`) into len(fractions) contiguous runs by cumulative size.
+
+    Item i goes to the client whose cumulative-fraction interval holds the midpoint of its cumulative
+    weight, so runs follow the target fractions as closely as whole items allow.
+    """
+    w = np.asarray(weights, float)
+    if w.size == 0:
+        return np.zeros(0, int)
+    mid = (np.cumsum(w) - w / 2) / w.sum()
+    edges = np.cumsum(fractions)[:-1]
+    return np.searchsorted(edges, mid, side="right")
+
+
+def make_partition(clip_labels: np.ndarray, clip_groups: np.ndarray, clip_chunks: np.ndarray, kind: str,
+                   clients: int = 2, alpha: float = 0.5, test_fraction: float = 0.25, seed: int = 0
+                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Clip indices per client: (train_clips[k], test_clips[k]) for k in range(K)."""
+    labels = np.asarray(clip_labels)
+    groups = np.asarray(clip_groups).astype(str)
+    chunks = np.asarray(clip_chunks)
+    frac = target_fractions(kind, clients, alpha, seed)
+    k = frac.shape[1]
+    tr, te = stratified_holdout(labels, test_fraction, seed, groups=groups)
+    train: list[list[int]] = [[] for _ in range(k)]
+    test: list[list[int]] = [[] for _ in range(k)]
+    for pool, out in ((tr, train), (te, test)):
+        for c in (0, 1):
+            idx = pool[labels[pool] == c]
+            idx = idx[np.lexsort((idx, groups[idx]))]  # by source, then clip order
+            who = deal(chunks[idx], frac[c])
+            for j, client in zip(idx, who):
+                out[client].append(int(j))
+    train_a = [np.asarray(sorted(t), int) for t in train]
+    test_a = [np.asarray(sorted(t), int) for t in test]
+    for i, t in enumerate(train_a):
+        if len(t) == 0:
+            raise InputError(f"experiment '{kind}'", f"client {i} gets no training clip from {len(labels)} clips",
+                             "more clips, or fewer clients")
+    return train_a, test_a
+
+
+def save_partition(path: Path, cache_dir: str, train: list[np.ndarray], test: list[np.ndarray],
+                   clip_of_chunk: np.ndarray) -> Path:
+    """Write the chunk indices of every client (train/test) next to the chunk cache location."""
+    clip_of_chunk = np.asarray(clip_of_chunk)
+    arrays = {"cache_dir": np.asarray(str(cache_dir)), "n_clients": np.asarray(len(train))}
+    for i, (a, b) in enumerate(zip(train, test)):
+        arrays[f"train_{i}"] = np.flatnonzero(np.isin(clip_of_chunk, a))
+        arrays[f"test_{i}"] = np.flatnonzero(np.isin(clip_of_chunk, b))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+_CACHE: dict[tuple[str, int], tuple] = {}
+
+
+def load_client(partition_file: str, pid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) of client `pid` (uint8 chunks); kept in memory per process."""
+    key = (str(partition_file), int(pid))
+    if key not in _CACHE:
+        with np.load(partition_file) as z:
+            n = int(z["n_clients"])
+            if not 0 <= pid < n:
+                raise InputError(partition_file, f"partition-id {pid} out of range", f"0..{n - 1}")
+            cache = Path(str(z["cache_dir"]))
+            tr, te = z[f"train_{pid}"], z[f"test_{pid}"]
+        x = np.load(cache / "x.npy", mmap_mode="r")
+        y = np.load(cache / "y.npy")
+        _CACHE[key] = (np.asarray(x[tr]), y[tr], np.asarray(x[te]), y[te])
+    return _CACHE[key]
