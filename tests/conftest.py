@@ -19,5 +19,6 @@ def real_data() -> Path:
 def _quiet_threads():
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    n = int(os.environ.get("DETECTLAB_THREADS", 0)) or min(2, os.cpu_count() or 1)
+    torch.set_num_threads(n)
     yield

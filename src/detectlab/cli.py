@@ -94,6 +94,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     path = root / "benchmarks" / f"bench_{args.system}.py"
     if not path.exists():
         raise InputError(path, "benchmark not found", "a source checkout with benchmarks/ (pip install -e .)")
+    from detectlab.core.runtime import set_threads
+
+    set_threads()
     sys.argv = [str(path), "--size", args.size] + list(args.rest or [])
     runpy.run_path(str(path), run_name="__main__")
     return 0
