@@ -36,6 +36,12 @@ def inference(hours: float, fs: float = 500.0) -> dict[str, float]:
     rng = np.random.default_rng(0)
     x = rng.normal(0, 20e-6, (18, n))
     model = CNNBiLSTM(18).eval()
+    # warm-up on 60 s (MNE's filter design, FFT plans, torch's first LSTM call): a scoring service pays
+    # these once, not per recording; the cold first call is reported separately
+    w0 = time.perf_counter()
+    xw, _ = bandpass_resample(x[:, : int(60 * fs)], fs, PreprocessConfig(fs=fs))
+    model.predict_proba(torch.from_numpy(make_windows(standardise(xw), np.zeros(xw.shape[1], np.int8), int(fs))[0]))
+    warmup_s = time.perf_counter() - w0
     c0, t0 = time.process_time(), time.perf_counter()
     xf, out_fs = bandpass_resample(x, fs, PreprocessConfig(fs=fs))
     X, _ = make_windows(standardise(xf), np.zeros(n, np.int8), int(fs))
@@ -43,7 +49,8 @@ def inference(hours: float, fs: float = 500.0) -> dict[str, float]:
     p = model.predict_proba(torch.from_numpy(X))
     t2, c2 = time.perf_counter(), time.process_time()
     assert p.shape == (len(X),)
-    return {"preprocess_s": t1 - t0, "model_s": t2 - t1, "total_s": t2 - t0, "cpu_s": c2 - c0, "windows": len(X)}
+    return {"preprocess_s": t1 - t0, "model_s": t2 - t1, "total_s": t2 - t0, "cpu_s": c2 - c0, "windows": len(X),
+            "warmup_60s_s": warmup_s}
 
 
 def cohort(n_patients: int, duration: float, fs: float = 500.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
