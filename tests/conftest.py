@@ -22,3 +22,18 @@ def _quiet_threads():
     n = int(os.environ.get("DETECTLAB_THREADS", 0)) or min(2, os.cpu_count() or 1)
     torch.set_num_threads(n)
     yield
+
+
+@pytest.fixture(scope="session")
+def load_bench():
+    """load_bench("fluid") -> the module benchmarks/bench_fluid.py of this checkout (its main(argv) runs it)."""
+    import importlib.util
+
+    def load(system: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"bench_{system}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{system}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -1,16 +1,8 @@
 """The benchmark runs at smoke size and reports positive rates; its two statistic implementations agree."""
 
-import importlib.util
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_adversarial.py"
-
-
-def test_bench_adversarial_smoke():
-    spec = importlib.util.spec_from_file_location("bench_adversarial", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    r = mod.main(["--size", "smoke"])
+def test_bench_adversarial_smoke(load_bench):
+    r = load_bench("adversarial").main(["--size", "smoke"])
     for key in ("pgd_ours_img_s", "pgd_torchattacks_img_s", "pgd_ratio", "det_ours_img_s", "det_scipy_img_s",
                 "det_ratio_scipy"):
         assert r[key] > 0, key

@@ -1,7 +1,5 @@
 import csv
 import json
-import runpy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,10 +86,8 @@ def test_cli_bad_data_path_and_config(tmp_path, capsys):
     assert "unknown variants" in capsys.readouterr().err
 
 
-def test_benchmark_smoke_numbers_exist():
-    root = Path(__file__).resolve().parents[2]
-    bench = runpy.run_path(str(root / "benchmarks" / "bench_seizure.py"))
-    res = bench["main"](["--size", "smoke"])
+def test_benchmark_smoke_numbers_exist(load_bench):
+    res = load_bench("seizure").main(["--size", "smoke"])
     assert res["inference"]["total_s"] > 0 and res["inference"]["windows"] == 60
     assert res["stage1_step_ms"]["detectlab"] > 0 and res["stage1_step_ms"]["bare_pytorch"] > 0
     assert res["stage1_step_ms"]["ratio"] > 0 and res["fold"]["total_s"] > 0

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-import pytest
-
-
-def test_bench_smoke():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_violence.py"
-    if not path.exists():
-        pytest.skip("benchmarks/ not in this checkout")
-    spec = importlib.util.spec_from_file_location("bench_violence", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    res = mod.main(["--size", "smoke"])
+def test_bench_smoke(load_bench):
+    res = load_bench("violence").main(["--size", "smoke"])
     b = res["bytes"]
     assert b["ratio"] == b["param_ratio"]  # FedPer sends exactly the base: data bytes follow the parameters
     assert 0 < b["payload_ratio"] < 1
