@@ -32,6 +32,17 @@ def _frozen(model: nn.Module):
         model.train(was_training)
 
 
+def _in_chunks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+               attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Run `attack(xb, yb)` on the model's device chunk by chunk, parameters frozen; results on x's device."""
+    dev = next(model.parameters()).device
+    out = torch.empty_like(x)
+    with _frozen(model):
+        for i in range(0, len(x), batch_size):
+            out[i: i + batch_size] = attack(x[i: i + batch_size].to(dev), y[i: i + batch_size].to(dev)).to(out.device)
+    return out
+
+
 def _pgd_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
                random_start: bool, generator: torch.Generator | None,
                extra_loss: Callable[[torch.Tensor], torch.Tensor] | None, sign: bool = True) -> torch.Tensor:
@@ -68,14 +79,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     """
     if eps <= 0:
         return x.clone()
-    dev = next(model.parameters()).device
-    out = torch.empty_like(x)
-    with _frozen(model):
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i: i + batch_size].to(dev), y[i: i + batch_size].to(dev)
-            out[i: i + batch_size] = _pgd_batch(model, xb, yb, eps, alpha, steps, random_start, generator,
-                                                extra_loss, sign).to(out.device)
-    return out
+    return _in_chunks(model, x, y, batch_size, lambda xb, yb: _pgd_batch(
+        model, xb, yb, eps, alpha, steps, random_start, generator, extra_loss, sign))
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int = 1000) -> torch.Tensor:
@@ -97,29 +102,27 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     """
     if eps <= 0:
         return x.clone()
-    dev = next(model.parameters()).device
-    out = torch.empty_like(x)
-    with _frozen(model):
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i: i + batch_size].to(dev), y[i: i + batch_size].to(dev)
-            lo, hi = (xb - eps).clamp(min=0.0), (xb + eps).clamp(max=1.0)
-            adv, best = xb.clone(), xb.clone()
-            found = torch.zeros(len(xb), dtype=torch.bool, device=dev)
-            for _ in range(steps):
-                adv.requires_grad_(True)
-                logits = model(adv)
-                stat = statistic(adv)
-                loss = F.cross_entropy(logits, yb, reduction="sum") \
-                    - weight * torch.relu(stat / threshold - margin).sum()
-                (grad,) = torch.autograd.grad(loss, adv)
-                with torch.no_grad():
-                    scale = grad.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min_(1e-12)
-                    adv = torch.max(torch.min(adv.detach() + alpha * grad / scale, hi), lo)
-                    ok = (model(adv).argmax(1) != yb) & (statistic(adv) <= threshold) & ~found
-                    best[ok] = adv[ok]
-                    found |= ok
-            out[i: i + batch_size] = torch.where(found[:, None, None, None], best, adv).to(out.device)
-    return out
+
+    def batch(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        lo, hi = (xb - eps).clamp(min=0.0), (xb + eps).clamp(max=1.0)
+        adv, best = xb.clone(), xb.clone()
+        found = torch.zeros(len(xb), dtype=torch.bool, device=xb.device)
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            logits = model(adv)
+            stat = statistic(adv)
+            loss = F.cross_entropy(logits, yb, reduction="sum") \
+                - weight * torch.relu(stat / threshold - margin).sum()
+            (grad,) = torch.autograd.grad(loss, adv)
+            with torch.no_grad():
+                scale = grad.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min_(1e-12)
+                adv = torch.max(torch.min(adv.detach() + alpha * grad / scale, hi), lo)
+                ok = (model(adv).argmax(1) != yb) & (statistic(adv) <= threshold) & ~found
+                best[ok] = adv[ok]
+                found |= ok
+        return torch.where(found[:, None, None, None], best, adv)
+
+    return _in_chunks(model, x, y, batch_size, batch)
 
 
 @torch.no_grad()
