@@ -129,23 +129,29 @@ def run_units(
             task = bar.add_task(description, total=len(todo))
             futs = {pool.submit(_call, u.fn, u.kwargs, threads): u for u in todo}
             pending = set(futs)
+            stop: InputError | None = None
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
                     u = futs[f]
+                    if f.cancelled():
+                        continue
                     try:
                         finish(u, f.result())
                         progress.log(f"{description}: finished {u.key}")
                     except Exception as e:  # noqa: BLE001 - keep the other units going
                         bad = _input_error(e)
-                        if bad is not None:  # bad input: stop the grid, finished units are kept
-                            for other in pending:
-                                other.cancel()
-                            pool.shutdown(wait=False, cancel_futures=True)
-                            raise bad from None
-                        errors.append(f"{u.key}: {e!r}")
-                        progress.log(f"{description}: unit {u.key} failed: {e!r}")
+                        if bad is not None:  # bad input: start nothing new, keep what is running, then stop
+                            if stop is None:
+                                stop = bad
+                                for other in pending:
+                                    other.cancel()
+                        else:
+                            errors.append(f"{u.key}: {e!r}")
+                            progress.log(f"{description}: unit {u.key} failed: {e!r}")
                     bar.advance(task)
+            if stop is not None:
+                raise stop from None
     else:
         with progress.make_progress() as bar:
             task = bar.add_task(description, total=len(todo))
