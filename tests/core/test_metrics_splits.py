@@ -184,3 +184,30 @@ def test_kfold_rejects_tiny_class_and_one_class():
         splits.stratified_kfold([1] * 10, 2)
     assert e.value.line() == "labels: only one class present ([1]) (expected at least two classes)"
     assert len(splits.stratified_kfold([0] * 5 + [1] * 5, 5)) == 5
+
+
+def test_group_holdout_prefers_the_class_balance_of_the_whole_set():
+    """Fault caught: a grouped holdout that ignores class proportions among splits of equal size (it then
+    picks a test group with 70 % positives where one with 30 % matches the data's 25 %), that accepts only
+    three or more groups, or whose seed has no effect."""
+    groups = np.repeat(np.arange(4), 10)
+    y = np.zeros(40, int)
+    y[0:3] = 1    # group 0: 30 % positives
+    y[10:17] = 1  # group 1: 70 % positives; groups 2, 3: none. Overall 25 %
+    for seed in range(4):
+        tr, te = splits.group_holdout(y, 0.25, groups, seed=seed)
+        assert set(groups[te]) == {0} and len(tr) == 30
+    two = np.repeat([7, 9], [6, 4])
+    tr, te = splits.group_holdout(np.array([0, 1] * 5), 0.4, two)
+    assert len(te) == 4 and set(two[te]) == {9}
+    many = np.repeat(np.arange(40), 3)
+    ym = np.tile([0, 1, 0], 40)
+    picks = {tuple(splits.group_holdout(ym, 0.2, many, seed=s)[1]) for s in range(3)}
+    assert len(picks) == 3 and all(len(p) == 24 for p in picks)
+    assert np.array_equal(splits.group_holdout(ym, 0.2, many)[1], splits.group_holdout(ym, 0.2, many, seed=0)[1])
+    with pytest.raises(InputError) as e:
+        splits.group_holdout(y[:5], 0.2, groups)
+    assert e.value.line() == "groups: 40 group labels for 5 samples"
+    with pytest.raises(InputError) as e:
+        splits.group_holdout(y, 0.2, np.zeros(40))
+    assert e.value.line() == "groups: a grouped holdout needs at least 2 groups, got 1"
