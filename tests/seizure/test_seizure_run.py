@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from detectlab.cli import main
-from detectlab.core.metrics import binary_metrics, mean_sd, roc_auc
+from detectlab.core.metrics import binary_metrics, roc_auc
 
 TINY_RUN = ["seeds=1", "synthetic.n_patients=3", "synthetic.duration_s=70.0", "synthetic.duration_sd=2.0",
             "synthetic.seizure_min_s=20.0", "synthetic.seizure_max_s=25.0", "synthetic.fs=128.0",

@@ -1366,6 +1366,8 @@ def resolve_dataset(path: Path, prefer: str = "auto") -> tuple[str, Path]:
     if path.is_file():
         return "edf", path
     subs = {"chbmit_windows": path / "chbmit_windows", "helsinki": path / "helsinki_neonatal_windows"}
+    if prefer == "edf":
+        return "edf", path
     if prefer in subs and subs[prefer].is_dir():
         path = subs[prefer]
     elif prefer == "auto" and subs["chbmit_windows"].is_dir() and is_chbmit_windows(subs["chbmit_windows"]):
@@ -1379,25 +1381,19 @@ def resolve_dataset(path: Path, prefer: str = "auto") -> tuple[str, Path]:
     return "edf", path
 
 
-def prepare_data(cfg: Any, out: Path, data_path: Path | None, standardise: bool = True, min_patients: int = 2) -> Path:
-    """Read (or generate) the data once, preprocess, and write the window store under `out`; returns it.
+def prepare_data(cfg: Any, out: Path, data_path: Path, standardise: bool = True, min_patients: int = 2,
+                 builtin: bool = False) -> Path:
+    """Read the data once, preprocess, and write the window store under `out`; returns it.
 
-    Built-in data (data_path None): the synthetic EDF cohort written to <out>/../edf. A folder or file:
-    EDF/BDF recordings grouped into patients, the CHB-MIT windows, or the Helsinki windows. Windowed sets
-    are stored in volts (standardised per fold); ``standardise=False`` does the same for recordings."""
-    from detectlab.seizure.synthetic import write_patients
-
+    `data_path`: EDF/BDF recordings (a folder, grouped into patients, or one file), the CHB-MIT windows,
+    or the Helsinki windows (the built-in cohort is an EDF folder written by synthetic.builtin_data).
+    Windowed sets are stored in volts (standardised per fold); ``standardise=False`` does the same for
+    recordings."""
     cache = Path(out)
     if (cache / "meta.json").exists():
         return cache
     pre = cfg.preprocess
-    if data_path is None:
-        edf = cache.parent / "edf"
-        progress.log(f"seizure: writing {cfg.synthetic.n_patients} synthetic patients as EDF to {edf}")
-        write_patients(edf, cfg.synthetic)
-        kind, folder = "edf", edf
-    else:
-        kind, folder = resolve_dataset(data_path, getattr(cfg, "dataset", "auto"))
+    kind, folder = resolve_dataset(data_path, "edf" if builtin else getattr(cfg, "dataset", "auto"))
     progress.log(f"seizure: reading {kind} from {folder}")
     if kind in ("chbmit_windows", "helsinki"):
         if kind == "chbmit_windows":
@@ -1426,13 +1422,13 @@ def prepare_data(cfg: Any, out: Path, data_path: Path | None, standardise: bool 
             raise InputError("config key 'preprocess.fs'", "0 keeps native rates, but the recordings have "
                              + ", ".join(f"{fs:g} Hz ({Path(ex[fs]).name})" for fs in rates),
                              "preprocess.fs > 0 to resample every recording to one rate")
-        w = StoreWriter(cache, "recordings", "edf" if data_path else "builtin", pre, rates[0], standardise=standardise)
+        w = StoreWriter(cache, "recordings", "builtin" if builtin else "edf", pre, rates[0], standardise=standardise)
         for r in recs:
             w.add_recording(r)
         w.close()
     store = WindowStore(cache)
     if len(store.patients) < min_patients:
-        raise InputError(data_path or "builtin", f"{len(store.patients)} patient(s) found",
+        raise InputError("builtin" if builtin else data_path, f"{len(store.patients)} patient(s) found",
                          f"at least {min_patients} (patient-wise folds)")
     progress.log(f"seizure: {len(store.patients)} patients, {len(store.entries)} entries ({store.kind}), "
                  f"{store.n(list(range(len(store.entries))))} windows of {store.window} samples at {store.fs:g} Hz, "

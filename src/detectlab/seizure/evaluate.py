@@ -63,8 +63,8 @@ def run(model_run: Path, data: Path, out: Path | None, args: argparse.Namespace)
     from detectlab.seizure.baseline import MAJORITY, NAME, LogRMSBaseline, log_rms
     from detectlab.seizure.config import Config
     from detectlab.seizure.data import WindowStore, apply_norm, prepare_data
-    from detectlab.seizure.experiment import LABELS, METRICS, mark_below_baseline, score_entries
-    from detectlab.seizure.predict import preprocess_of
+    from detectlab.seizure.scoring import LABELS, METRICS, mark_below_baseline, score_entries
+    from detectlab.seizure.train import checkpoint_preprocess as preprocess_of
     from detectlab.seizure.train import header_norm, load_model, predict_windows
 
     folder, cfg_dict = open_run(model_run)

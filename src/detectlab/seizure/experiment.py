@@ -24,19 +24,16 @@ import numpy as np
 from detectlab.core import progress
 from detectlab.core.config import from_dict, resolve_data, to_dict
 from detectlab.core.errors import InputError
-from detectlab.core.metrics import binary_metrics, fmt_mean_sd, mean_sd
+from detectlab.core.metrics import binary_metrics, fmt_mean_sd, mean_sd, pr_auc, roc_auc
 from detectlab.core.runs import Run
 from detectlab.core.units import Unit, run_units
-from detectlab.seizure.baseline import MAJORITY, NAME as BASELINE_NAME, log_rms, majority_scores
+from detectlab.seizure.baseline import log_rms, majority_scores
 from detectlab.seizure.config import DATA_SUBDIR, GRID_FIELDS, VARIANTS, Config  # noqa: F401 - re-exported
 from detectlab.seizure.data import WindowStore, apply_norm, prepare_data
-from detectlab.seizure.events import pool, score_probs
+from detectlab.seizure.scoring import BASELINES, LABELS, METRICS, mark_below_baseline, score_entries
+from detectlab.seizure.synthetic import builtin_data
 from detectlab.seizure.train import fit, fit_baseline, predict_windows, save_model, small_model_threads
 
-METRICS = ("sensitivity", "specificity", "mcc", "auc_roc", "auc_pr")
-LABELS = {"cnn": "CNN w/o AT", "cnn_at": "CNN w/ AT", "cnn_bilstm": "CNN-BiLSTM w/o AT",
-          "cnn_bilstm_at": "CNN-BiLSTM w/ AT (proposed)", "logrms_lr": BASELINE_NAME, "majority": MAJORITY}
-BASELINES = ("logrms_lr", "majority")
 
 
 # ------------------------------------------------------------------------------------------------ folds
@@ -151,35 +148,6 @@ def _r(p: Any) -> list[float]:
     return np.round(np.asarray(p, dtype=float), 5).tolist()
 
 
-# ------------------------------------------------------------------------------------------ scoring
-def score_entries(store: WindowStore, probs: dict[str, list[float]], threshold: float, ev: Any,
-                  events: bool = True) -> dict[str, Any]:
-    """Window metrics per patient (all its entries' windows) and pooled, and SzCORE event scores per
-    recording (continuous recordings only), for one model's probabilities {entry id: probs}."""
-    by_pat: dict[str, list[int]] = {}
-    for i in sorted(int(k) for k in probs):
-        by_pat.setdefault(store.entries[i]["patient"], []).append(i)
-    per_patient, ev_parts = {}, []
-    for p, ids in by_pat.items():
-        y = np.concatenate([store.y(i) for i in ids])
-        s = np.concatenate([np.asarray(probs[str(i)]) for i in ids])
-        m = binary_metrics(y, s, threshold)
-        per_patient[p] = {k: m[k] for k in (*METRICS, "f1", "accuracy", "balanced_accuracy") if k in m}
-        if events and store.kind == "recordings":
-            parts = [score_probs([tuple(z) for z in store.entries[i]["seizures"]], np.asarray(probs[str(i)]), threshold,
-                                 store.window_s, ev) for i in ids]
-            per_patient[p]["events"] = pool(parts)
-            ev_parts += parts
-    ids = sorted(int(k) for k in probs)
-    y = np.concatenate([store.y(i) for i in ids])
-    s = np.concatenate([np.asarray(probs[str(i)]) for i in ids])
-    pooled = binary_metrics(y, s, threshold)
-    out = {"per_patient": per_patient, "pooled": {k: pooled[k] for k in pooled}, "threshold": threshold}
-    if ev_parts:
-        out["events"] = pool(ev_parts)
-    return out
-
-
 # ------------------------------------------------------------------------------------------- protocol
 def check_variants(cfg: Config, store: WindowStore) -> None:
     """Stage 2 needs continuous recordings: on windowed data (labels follow position) it is refused."""
@@ -202,7 +170,8 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     if any(v not in VARIANTS for v in cfg.variants) or not cfg.variants:
         check_variants(cfg, None)  # type: ignore[arg-type]
     data_path = resolve_data(cfg.data, DATA_SUBDIR)
-    cache = prepare_data(cfg, run.dir / "data" / "windows", data_path)
+    src = data_path or builtin_data(cfg.synthetic, run.dir / "data" / "edf")
+    cache = prepare_data(cfg, run.dir / "data" / "windows", src, builtin=data_path is None)
     store = WindowStore(cache)
     check_variants(cfg, store)
     split, folds = make_folds(store, cfg)
@@ -282,7 +251,8 @@ def aggregate(cfg: Config, store: WindowStore, res: dict[str, dict], folds: list
                 # each fold's windows at that fold's threshold: pool the 0/1 decisions and scores
                 pred_scores = np.concatenate([np.asarray(probs[str(i)]) - thr[str(i)] for i in ids])
                 m = binary_metrics(y, pred_scores, 0.0)
-                m["auc_roc"], m["auc_pr"] = _pooled_auc(y, np.concatenate([np.asarray(probs[str(i)]) for i in ids]))
+                raw = np.concatenate([np.asarray(probs[str(i)]) for i in ids])
+                m["auc_roc"], m["auc_pr"] = roc_auc(y, raw), pr_auc(y, raw)
                 pooled.append(m)
             table[v] = {k: {kk: mean_sd(m[k] for m in pooled)[kk] for kk in ("mean", "sd")} for k in METRICS}
             per_fold.setdefault(v, {})
@@ -320,12 +290,6 @@ def aggregate(cfg: Config, store: WindowStore, res: dict[str, dict], folds: list
             "metric_for_baseline": "mcc"}
 
 
-def _pooled_auc(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
-    from detectlab.core.metrics import pr_auc, roc_auc
-
-    return roc_auc(y, s), pr_auc(y, s)
-
-
 def _merge_pools(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Pool already-pooled event scores (folds of one seed) by their counts."""
     ref, tp, fp = (sum(p[k] for p in parts) for k in ("ref", "tp", "fp"))
@@ -336,21 +300,6 @@ def _merge_pools(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "precision": tp / (tp + fp) if tp + fp else float("nan"),
             "f1": 2 * tp / (2 * tp + fp + (ref - tp)) if ref + fp else float("nan"),
             "fp_per_24h": fp / (hours / 24.0) if hours else float("nan"), "latency_s": {"mean": lat, "n": n_lat}}
-
-
-def mark_below_baseline(rows: list[dict], metric: str) -> list[dict]:
-    """Every learned row gets below_baseline (not strictly better than the best baseline) and best_baseline."""
-    try:
-        from detectlab.core.baselines import mark_below_baseline as core_mark
-    except ImportError:  # pragma: no cover - before the shared core lands   TODO(core): remove
-        base = [r for r in rows if r["kind"] == "baseline" and np.isfinite(r[metric])]
-        best = max(base, key=lambda r: r[metric]) if base else None
-        for r in rows:
-            if r["kind"] != "baseline":
-                r["best_baseline"] = {"name": best["name"], "value": best[metric]} if best else None
-                r["below_baseline"] = bool(best is not None and not r[metric] > best[metric])
-        return rows
-    return core_mark(rows, metric)
 
 
 # --------------------------------------------------------------------------------------------- tables

@@ -46,16 +46,6 @@ def find_checkpoint(folder: Path, name: str | None) -> Path:
     raise InputError(folder, "run has no seizure checkpoint", "the --out folder of `seizure train` or `seizure run`")
 
 
-def preprocess_of(header: dict[str, Any]):
-    """The PreprocessConfig a checkpoint was trained with (its rate from the model config)."""
-    from detectlab.seizure.config import PreprocessConfig
-
-    pre = PreprocessConfig(**{k: v for k, v in header.get("preprocess", {}).items()
-                              if k in PreprocessConfig.__dataclass_fields__})
-    pre.fs = float(header["model_config"].get("fs", pre.fs))  # the rate the model was trained at
-    return pre
-
-
 def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Namespace) -> int:
     import csv
 
@@ -66,14 +56,14 @@ def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Na
     from detectlab.core.runtime import choose_device
     from detectlab.seizure.data import open_edf, recording_windows
     from detectlab.seizure.events import detect_intervals
-    from detectlab.seizure.train import header_norm, load_model, predict_stream
+    from detectlab.seizure.train import checkpoint_preprocess, header_norm, load_model, predict_stream
 
     device = choose_device(getattr(args, "device", None) or "auto")
     folder, _ = open_run(model_run)
     ck = find_checkpoint(folder, getattr(args, "model", None))
     model, header = load_model(ck, device)
     mc = header["model_config"]
-    pre = preprocess_of(header)
+    pre = checkpoint_preprocess(header)
     norm = header_norm(header)
     seq_len = int(header.get("seq_len", 0))
     thr = getattr(args, "threshold", None)

@@ -127,6 +127,16 @@ def generate_patient(rng: np.random.Generator, p: dict, fs: float) -> np.ndarray
     return (x * 20e-6).astype(np.float64)  # ~20 uV background
 
 
+def builtin_data(cfg: SyntheticConfig, folder: str | Path) -> Path:
+    """The built-in cohort as an EDF folder (written once, reused): what `data = "builtin"` reads."""
+    from detectlab.core import progress
+
+    folder = Path(folder)
+    progress.log(f"seizure: writing {cfg.n_patients} synthetic patients as EDF to {folder}")
+    write_patients(folder, cfg)
+    return folder
+
+
 def write_patients(folder: str | Path, cfg: SyntheticConfig) -> list[Path]:
     """Write P01.edf ... (one per patient) with a 'seizure' EDF+ annotation; reuse files already there."""
     folder = Path(folder)

@@ -42,7 +42,7 @@ from detectlab.core.errors import InputError
 from detectlab.core.metrics import f1_optimal_threshold
 from detectlab.core.runtime import seed_everything
 from detectlab.seizure.baseline import LogRMSBaseline, log_rms, save_baselines
-from detectlab.seizure.config import ProbeConfig, Stage1Config, Stage2Config
+from detectlab.seizure.config import PreprocessConfig, ProbeConfig, Stage1Config, Stage2Config
 from detectlab.seizure.data import WindowStore, apply_norm, fold_norm
 from detectlab.seizure.model import CNNBiLSTM, DANN, dann_lambda
 
@@ -400,6 +400,14 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn
     return model.to(device).eval(), header
 
 
+def checkpoint_preprocess(header: dict[str, Any]) -> PreprocessConfig:
+    """The PreprocessConfig a checkpoint was trained with (its rate from the model config)."""
+    pre = PreprocessConfig(**{k: v for k, v in header.get("preprocess", {}).items()
+                              if k in PreprocessConfig.__dataclass_fields__})
+    pre.fs = float(header["model_config"].get("fs", pre.fs))  # the rate the model was trained at
+    return pre
+
+
 def header_norm(header: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     n = header.get("norm")
     return None if not n else (np.asarray(n[0], np.float32), np.asarray(n[1], np.float32))
@@ -449,10 +457,13 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
     from detectlab.core.runtime import choose_device
     from detectlab.seizure.config import DATA_SUBDIR
     from detectlab.seizure.data import prepare_data
+    from detectlab.seizure.synthetic import builtin_data
 
     device = choose_device(cfg.device)
     small_model_threads()
-    store = WindowStore(prepare_data(cfg, run.dir / "data" / "windows", resolve_data(cfg.data, DATA_SUBDIR)))
+    data_path = resolve_data(cfg.data, DATA_SUBDIR)
+    src = data_path or builtin_data(cfg.synthetic, run.dir / "data" / "edf")
+    store = WindowStore(prepare_data(cfg, run.dir / "data" / "windows", src, builtin=data_path is None))
     pats = store.patients
     ids = store.entries_of(pats)
     progress.log(f"seizure train: {len(pats)} patients, {store.n(ids)} windows ({int(store.labels(ids).sum())} seizure)")
