@@ -56,13 +56,22 @@ def test_early_detection_latency_clipped_at_tolerance():
     assert (r["tp"], r["fp"]) == (1, 1)  # 500-800 s split off: it touches no widened seizure
 
 
-def test_custom_tolerances_are_used():
-    """Catches the configured tolerances being ignored in favour of the library defaults."""
+def test_custom_event_parameters_are_used():
+    """Catches any configured SzCORE parameter being ignored in favour of the library default."""
     ev = EventConfig(tolerance_start=5.0, tolerance_end=5.0)
     r = score_events([(1000.0, 1060.0)], [(980.0, 990.0)], 3600.0, ev)
     assert (r["tp"], r["fp"]) == (0, 1)
     r = score_events([(1000.0, 1060.0)], [(500.0, 1050.0)], 3600.0, ev)
     assert r["latencies_s"] == [-5.0]
+    r = score_events([(1000.0, 1060.0)], [(1080.0, 1085.0)], 3600.0, ev)  # 20 s after the offset
+    assert (r["tp"], r["fp"]) == (0, 1)
+    assert score_events([(1000.0, 1060.0)], [(1080.0, 1085.0)], 3600.0, EV)["tp"] == 1
+    half = EventConfig(min_overlap=0.5)  # a 10-s detection covers less than half of the widened 150-s seizure
+    assert score_events([(1000.0, 1060.0)], [(1010.0, 1020.0)], 3600.0, half)["tp"] == 0
+    short = EventConfig(max_event_duration=20.0)
+    assert score_events([(1000.0, 1060.0)], [], 3600.0, short)["ref"] == 3
+    near = EventConfig(min_duration_between_events=10.0)
+    assert score_events([(100.0, 150.0), (200.0, 250.0)], [], 3600.0, near)["ref"] == 2
 
 
 def test_close_seizures_merged_and_long_ones_split():
@@ -80,6 +89,23 @@ def test_no_seizure_no_detection():
     assert (r["ref"], r["tp"], r["fp"]) == (0, 0, 0)
     assert math.isnan(r["sensitivity"]) and math.isnan(r["precision"]) and math.isnan(r["f1"])
     assert r["fp_per_24h"] == 0.0
+
+
+def test_events_at_time_zero_are_kept():
+    """Catches events clipped to start later than 0 s (a seizure or detection in the first second lost)."""
+    r = score_events([(0.0, 20.0)], [(0.0, 0.5)], 600.0, EV)
+    assert (r["ref"], r["tp"], r["fp"]) == (1, 1, 0)
+    r = score_events([(0.0, 0.5)], [], 600.0, EV)
+    assert r["ref"] == 1
+
+
+def test_window_length_is_used():
+    """Catches 2-s windows scored as 1-s windows (times halved) or the duration divided by the window."""
+    p = np.zeros(300)
+    p[100:110] = 0.9  # 200-220 s with 2-s windows
+    r = score_probs([(200.0, 230.0)], p, 0.5, 2.0, EV)
+    assert (r["tp"], r["fp"], r["latencies_s"]) == (1, 0, [0.0])
+    assert r["duration_s"] == 600.0
 
 
 def test_detections_beyond_recording_end_are_clipped():
@@ -105,9 +131,21 @@ def test_pool_sums_counts_and_hours():
     assert p["hours"] == pytest.approx(3.0)
     assert p["fp_per_24h"] == pytest.approx(8.0)  # 1 FP in 3 h, not the mean of 0 and 12
     assert p["sensitivity"] == 1.0 and p["precision"] == 0.5 and p["f1"] == pytest.approx(2 / 3)
-    assert p["latency_s"]["mean"] == 0.0 and p["latency_s"]["n"] == 1
+    assert p["latency_s"] == {"mean": 0.0, "median": 0.0, "sd": 0.0, "n": 1}
     e = pool([])
     assert math.isnan(e["sensitivity"]) and math.isnan(e["fp_per_24h"]) and e["latency_s"]["n"] == 0
+    assert math.isnan(e["precision"]) and math.isnan(e["f1"]) and math.isnan(e["latency_s"]["sd"])
+    assert math.isnan(e["latency_s"]["mean"]) and math.isnan(e["latency_s"]["median"])
+
+
+def test_pool_rates_with_partial_detection():
+    """Catches wrong sensitivity / F1 formulas that agree only when every seizure is detected."""
+    parts = [{"ref": 4, "tp": 1, "fp": 2, "duration_s": 1.0, "latencies_s": [3.0, 5.0]}]
+    p = pool(parts)
+    assert p["sensitivity"] == 0.25 and p["precision"] == pytest.approx(1 / 3)
+    assert p["f1"] == pytest.approx(2 * 1 / (2 * 1 + 2 + 3))
+    assert p["fp_per_24h"] == pytest.approx(2 * 86400.0)
+    assert p["latency_s"]["sd"] == pytest.approx(np.std([3.0, 5.0], ddof=1))
 
 
 def test_pool_latency_statistics():
@@ -141,3 +179,8 @@ def test_detect_intervals_and_merge_gap():
     assert detect_intervals(np.array([0.5, 0.49]), 0.5) == [(0.0, 1.0, 0.5)]  # >= threshold
     assert detect_intervals(np.array([0.2, 0.9]), 0.5, window_s=2.0) == [(2.0, 4.0, 0.9)]
     assert detect_intervals(np.zeros(5), 0.5) == []
+    assert detect_intervals(np.zeros(5), 0.5, merge_gap_s=2.0) == []
+    assert detect_intervals(np.array([[0.9], [0.1], [0.9]]), 0.5) == [(0.0, 1.0, 0.9), (2.0, 3.0, 0.9)]  # default: no merge
+    two = np.array([0.9, 0.1, 0.1, 0.9])
+    assert detect_intervals(two, 0.5, merge_gap_s=2.0) == [(0.0, 4.0, 0.9)]
+    assert detect_intervals(two, 0.5, window_s=2.0, merge_gap_s=3.0) == [(0.0, 2.0, 0.9), (6.0, 8.0, 0.9)]

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 FS = 10  # the library's internal time resolution (Hz)
+NAN = float("nan")
 
 
 def detect_intervals(probs: np.ndarray, threshold: float, window_s: float = 1.0, merge_gap_s: float = 0.0
@@ -102,17 +103,18 @@ def pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
     tp = sum(p["tp"] for p in parts)
     fp = sum(p["fp"] for p in parts)
     dur = sum(p["duration_s"] for p in parts)
-    lat = [x for p in parts for x in p["latencies_s"]]
+    lat = np.asarray([x for p in parts for x in p["latencies_s"]], dtype=float)
+    latency = {"mean": NAN, "median": NAN, "sd": NAN, "n": int(lat.size)}
+    if lat.size:
+        latency.update(mean=float(lat.mean()), median=float(np.median(lat)),
+                       sd=float(lat.std(ddof=1)) if lat.size > 1 else 0.0)
     return {"recordings": len(parts), "ref": ref, "tp": tp, "fp": fp, "hours": dur / 3600.0,
-            "sensitivity": tp / ref if ref else float("nan"),
-            "precision": tp / (tp + fp) if tp + fp else float("nan"),
-            "f1": 2 * tp / (2 * tp + fp + (ref - tp)) if ref + fp else float("nan"),
-            "fp_per_24h": fp / (dur / 86400.0) if dur > 0 else float("nan"),
-            "latency_s": {"mean": float(np.mean(lat)) if lat else float("nan"),
-                          "median": float(np.median(lat)) if lat else float("nan"),
-                          "sd": float(np.std(lat, ddof=1)) if len(lat) > 1 else (0.0 if lat else float("nan")),
-                          "n": len(lat)}}
+            "sensitivity": tp / ref if ref else NAN,
+            "precision": tp / (tp + fp) if tp + fp else NAN,
+            "f1": 2 * tp / (2 * tp + fp + (ref - tp)) if ref + fp else NAN,
+            "fp_per_24h": fp / (dur / 86400.0) if dur > 0 else NAN,
+            "latency_s": latency}
 
 
 def _nan(v: float) -> float:
-    return float(v) if v is not None and np.isfinite(v) else float("nan")
+    return float(v) if v is not None and np.isfinite(v) else NAN
