@@ -266,10 +266,11 @@ def cnn_features(model: DANN | CNNBiLSTM, X: np.ndarray, device: torch.device | 
 
 
 @torch.no_grad()
-def lstm_blocks(model: CNNBiLSTM, f: torch.Tensor, seq_len: int) -> torch.Tensor:
+def lstm_blocks(model: CNNBiLSTM, f: torch.Tensor, seq_len: int, batch: int = 256) -> torch.Tensor:
     """Probabilities (T,) from features (T, 40): one BiLSTM pass when seq_len is 0 or covers T, else
-    blocks of seq_len windows every seq_len // 2, each window taken from the block where it is most
-    central (the first and last blocks also cover the ends)."""
+    blocks of seq_len windows every seq_len // 2 (the last block ends at T), `batch` blocks per LSTM call;
+    each window takes the output of the block where it is most central (the first and last blocks
+    also cover the ends)."""
     T = len(f)
     if T == 0:
         return torch.zeros(0, device=f.device)
@@ -281,11 +282,14 @@ def lstm_blocks(model: CNNBiLSTM, f: torch.Tensor, seq_len: int) -> torch.Tensor
         starts.append(T - seq_len)
     out = torch.empty(T, device=f.device)
     q = seq_len // 4
-    for k, s in enumerate(starts):
-        p = torch.sigmoid(model.sequence_logits([f[s: s + seq_len]])[0])
-        lo = s if k == 0 else s + q
-        hi = T if k == len(starts) - 1 else min(T, starts[k + 1] + q)
-        out[lo:hi] = p[lo - s: hi - s]
+    for b0 in range(0, len(starts), batch):
+        ss = starts[b0: b0 + batch]
+        p = torch.sigmoid(model.sequence_logits([f[s: s + seq_len] for s in ss]))
+        for j, s in enumerate(ss):
+            k = b0 + j
+            lo = s if k == 0 else s + q
+            hi = T if k == len(starts) - 1 else min(T, starts[k + 1] + q)
+            out[lo:hi] = p[j, lo - s: hi - s]
     return out
 
 
