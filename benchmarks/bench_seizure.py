@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from detectlab.core.bench import interleaved
 from detectlab.seizure.config import PreprocessConfig, Stage1Config
 from detectlab.seizure.data import ArrayRecording, _to_windows, fft_filter, recording_windows, robust_stats, window_stats
 from detectlab.seizure.model import CNNBiLSTM, DANN, dann_lambda
@@ -40,30 +40,6 @@ SIZES = {
     "smoke": dict(hours=1 / 60, reps=5, step_batches=12, stage1_n=32 * 12, mem_hours=0.0),
     "full": dict(hours=1.0, reps=7, step_batches=60, stage1_n=32 * 60, mem_hours=24.0),
 }
-
-
-def interleaved(fns: dict, reps: int = 5, warmup: int = 1, ratio: tuple[str, str] = ("ours", "peer")) -> dict:
-    """Warm-up, then ours, peer, ours, peer, ...; median, spread and per-pair ratios."""
-    try:
-        from detectlab.core.bench import interleaved as core_interleaved
-    except ImportError:  # before the shared core lands   TODO(core): remove
-        core_interleaved = None
-    if core_interleaved is not None:
-        return core_interleaved(fns, reps=reps, warmup=warmup, ratio=ratio)
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    per = [a / b for a, b in zip(times[ratio[0]], times[ratio[1]])]
-    q = statistics.quantiles(per, n=4) if len(per) > 1 else [per[0]] * 3
-    return {"times": times, "median": {k: statistics.median(v) for k, v in times.items()},
-            "ratio": {"median": statistics.median(per), "min": min(per), "max": max(per), "q1": q[0], "q3": q[2],
-                      "per_rep": per}}
 
 
 # ------------------------------------------------------------------------------------------- inference
@@ -97,7 +73,7 @@ def inference(hours: float, reps: int, fs: float = 500.0) -> dict:
     ours_f = fft_filter(x[:, : int(120 * fs)], fs, fs, 8.0, 30.0)
     pa, pb = _ours(x, fs, model), _peer(x, fs, model)
     c0 = time.process_time()
-    res = interleaved({"ours": lambda: _ours(x, fs, model), "peer": lambda: _peer(x, fs, model)}, reps=reps)
+    res = interleaved({"ours": lambda: _ours(x, fs, model), "peer": lambda: _peer(x, fs, model)}, reps=reps, ratio=("ours", "peer"))
     cpu = time.process_time() - c0
     return {"windows": int(len(pa)), "hours": hours, "median_s": res["median"], "ratio": res["ratio"],
             "times": res["times"], "cpu_s_all_reps": cpu,
@@ -142,7 +118,7 @@ def stage1(n_windows: int, reps: int) -> dict:
     ours_loss = train_stage1(X, y, d, 5, Stage1Config(epochs=1), True, 0)[1]["label_loss"]
     bare_loss = bare_stage1(X, y, d, 5)
     res = interleaved({"ours": lambda: train_stage1(X, y, d, 5, Stage1Config(epochs=1), True, 0),
-                       "peer": lambda: bare_stage1(X, y, d, 5)}, reps=reps)
+                       "peer": lambda: bare_stage1(X, y, d, 5)}, reps=reps, ratio=("ours", "peer"))
     return {"steps": steps, "times": res["times"], "ratio": res["ratio"],
             "ms_per_step": {k: 1000 * v / steps for k, v in res["median"].items()},
             "same_losses": bool(np.allclose(ours_loss, bare_loss, rtol=1e-4))}

@@ -32,10 +32,10 @@ def test_cli_run_tables_baselines_and_resume(tiny_run):
     missing SzCORE event or probe results, and a resume that recomputes finished units."""
     m = json.loads((tiny_run / "metrics.json").read_text())
     assert m["protocol"] == "lopo" and set(m["variants"]) == {"cnn", "cnn_at", "cnn_bilstm", "cnn_bilstm_at"}
-    best = max(m["baselines"][b]["mcc"]["mean"] for b in ("logrms_lr", "majority"))
+    best_name, best = max(((b, m["baselines"][b]["mcc"]["mean"]) for b in ("logrms_lr", "majority")), key=lambda x: x[1])
     for v, t in m["variants"].items():
         assert t["below_baseline"] is (not t["mcc"]["mean"] > best), v
-        assert t["best_baseline"]["value"] == pytest.approx(best)
+        assert t["best_baseline"].startswith(f"{best_name} (mcc {best:.4g}")
     rows = _rows(tiny_run / "tables" / "table1.csv")
     assert [r["kind"] for r in rows] == ["learned"] * 4 + ["baseline"] * 2
     assert rows[-1]["method"] == "majority class" and rows[-1]["mcc"].startswith("0.000")
@@ -293,3 +293,36 @@ def test_benchmark_smoke_checks_agreement(load_bench):
     st = res["stage1_step"]
     assert len(st["times"]["ours"]) == len(st["times"]["peer"]) == len(st["ratio"]["per_rep"]) >= 5
     assert st["same_losses"] is True
+
+
+@pytest.mark.parametrize("override,key", [("stage1.epochs=0", "stage1.epochs"), ("stage1.lr=-0.1", "stage1.lr"),
+                                          ("variants=[]", "variants"), ("split.kind='loso'", "split.kind"),
+                                          ("preprocess.h_freq=6.0", "preprocess.h_freq"),
+                                          ("preprocess.standardise='minmax'", "preprocess.standardise"),
+                                          ("stage2.seq_len=-5", "stage2.seq_len"), ("events.min_overlap=1.5", "events.min_overlap"),
+                                          ("synthetic.seizure_max_s=5.0", "synthetic.seizure_max_s")])
+def test_bad_config_values_exit_2_before_any_work(tmp_path, capsys, override, key):
+    """Catches a bad setting that runs anyway (epochs 0, negative lr, an empty variant list, a band with
+    h_freq below l_freq) or ends in a traceback: exit 2, one line naming the key, before data are made."""
+    out = tmp_path / "r"
+    rc = main(["seizure", "run", "--data", "builtin", "--out", str(out), override])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("detectlab: error:")]
+    assert rc == 2 and len(lines) == 1 and f"'{key}'" in lines[0] and "Traceback" not in err
+    assert not (out / "data").exists()
+
+
+def test_evaluate_through_the_cli(train_run, tiny_edf_dir, tmp_path, capsys):
+    """Catches the `evaluate` sub-command not reaching the seizure evaluator or refusing a one-patient set."""
+    data = tmp_path / "one"
+    data.mkdir()
+    (data / "P04.edf").write_bytes((tiny_edf_dir / "P04.edf").read_bytes())
+    out = tmp_path / "ev"
+    assert main(["seizure", "evaluate", str(train_run), str(data), "--out", str(out), "--device", "cpu",
+                 "--model", "cnn_at"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["models"]) == ["cnn_at"] and m["data"]["patients"] == ["P04"]
+    assert m["data"]["seizure_windows"] == int(np.load(out / "data" / "windows" / "y00000.npy").sum()) >= 20
+    assert (out / "data.json").exists()
+    rc = main(["seizure", "evaluate", str(train_run), str(data), "--out", str(out), "--device", "cpu"])
+    assert rc == 2 and "cannot be resumed" in capsys.readouterr().err  # a reused folder with other settings

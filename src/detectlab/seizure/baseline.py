@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from detectlab.core.baselines import majority_scores as core_majority
 from detectlab.core.metrics import f1_optimal_threshold
 
 NAME = "log-RMS 8-30 Hz + LR"
@@ -89,9 +90,5 @@ def save_baselines(path: Path, logrms: LogRMSBaseline, y_train: np.ndarray, **ex
 
 def majority_scores(y_train: np.ndarray, n: int) -> np.ndarray:
     """The majority baseline's scores: the training positive share for every window (at threshold 0.5 it
-    predicts the training majority class)."""
-    try:
-        from detectlab.core.baselines import majority_scores as core_majority
-    except ImportError:  # pragma: no cover - before the shared core lands   TODO(core): remove
-        return np.full(n, float(np.mean(y_train)) if len(y_train) else 0.0)
+    predicts the training majority class); core.baselines.majority_scores."""
     return core_majority(y_train, n)

@@ -8,23 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from detectlab.core.config import BaseConfig
-
-try:  # the shared validated fields (issue 11); a plain field until the core lands   # TODO(core): remove shim
-    from detectlab.core.config import ConfigError, param
-except ImportError:  # pragma: no cover
-    import copy
-
-    from detectlab.core.errors import InputError
-
-    class ConfigError(InputError):  # type: ignore[no-redef]
-        def __init__(self, key, value, allowed):
-            super().__init__(f"config key '{key}'", f"value {value!r} is not allowed", str(allowed))
-
-    def param(default, **_):  # type: ignore[no-redef]
-        if isinstance(default, (list, dict)):
-            return field(default_factory=lambda: copy.deepcopy(default))
-        return field(default=default)
+from detectlab.core.config import BaseConfig, ConfigError, param
 
 DATA_SUBDIR = "eeg"
 #: fields whose change only adds or removes units of a finished run (a resume computes only the new ones)

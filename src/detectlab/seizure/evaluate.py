@@ -165,10 +165,6 @@ def run(model_run: Path, data: Path, out: Path | None, args: argparse.Namespace)
 
 
 def _open_out(out: Path, model_run: Path, data: Path, settings: dict):
-    try:
-        from detectlab.core.runs import evaluation_run
-    except ImportError:  # pragma: no cover - before the shared core lands   TODO(core): remove
-        from detectlab.core.runs import Run
+    from detectlab.core.runs import evaluation_run
 
-        return Run(out, settings, "seizure")
     return evaluation_run(out, "seizure", model_run, data, settings)

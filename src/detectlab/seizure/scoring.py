@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from detectlab.core.baselines import mark_below_baseline as core_mark
 from detectlab.core.metrics import binary_metrics
 from detectlab.seizure.baseline import MAJORITY, NAME as BASELINE_NAME
 from detectlab.seizure.data import WindowStore
@@ -47,15 +48,6 @@ def score_entries(store: WindowStore, probs: dict[str, list[float]], threshold: 
 
 
 def mark_below_baseline(rows: list[dict], metric: str) -> list[dict]:
-    """Every learned row gets below_baseline (not strictly better than the best baseline) and best_baseline."""
-    try:
-        from detectlab.core.baselines import mark_below_baseline as core_mark
-    except ImportError:  # pragma: no cover - before the shared core lands   TODO(core): remove
-        base = [r for r in rows if r["kind"] == "baseline" and np.isfinite(r[metric])]
-        best = max(base, key=lambda r: r[metric]) if base else None
-        for r in rows:
-            if r["kind"] != "baseline":
-                r["best_baseline"] = {"name": best["name"], "value": best[metric]} if best else None
-                r["below_baseline"] = bool(best is not None and not r[metric] > best[metric])
-        return rows
-    return core_mark(rows, metric)
+    """Every learned row gets below_baseline (its `metric` not strictly above the best baseline's) and
+    best_baseline ("name (metric value)"); rows carry "name" and "kind" ("baseline" or "learned")."""
+    return core_mark(rows, metric, name_key="name")

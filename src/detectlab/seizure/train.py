@@ -40,6 +40,7 @@ from detectlab.core import progress
 from detectlab.core.checkpoints import load_into, read_header, save_checkpoint
 from detectlab.core.errors import InputError
 from detectlab.core.metrics import f1_optimal_threshold
+from detectlab.core.runtime import generator as core_generator
 from detectlab.core.runtime import seed_everything
 from detectlab.seizure.baseline import LogRMSBaseline, log_rms, save_baselines
 from detectlab.seizure.config import PreprocessConfig, ProbeConfig, Stage1Config, Stage2Config
@@ -51,16 +52,10 @@ CHUNK = 1024  # windows per CNN forward at inference
 
 
 def generator(device: torch.device | str, seed: int) -> torch.Generator | None:
-    """A torch.Generator on `device` (random draws must live where the data they index lives); None on
-    the `meta` device (a dry run without data, used by the tests to find tensors on the wrong device)."""
+    """A torch.Generator on `device` (core.runtime.generator: random draws live where the data they index
+    live); None on the `meta` device (a dry run without data, which the device tests use)."""
     if torch.device(device).type == "meta":
         return None
-    try:
-        from detectlab.core.runtime import generator as core_generator
-    except ImportError:  # pragma: no cover - before the shared core lands   TODO(core): remove
-        g = torch.Generator(device=torch.device(device))
-        g.manual_seed(int(seed))
-        return g
     return core_generator(device, seed)
 
 
