@@ -184,3 +184,16 @@ def test_detect_intervals_and_merge_gap():
     two = np.array([0.9, 0.1, 0.1, 0.9])
     assert detect_intervals(two, 0.5, merge_gap_s=2.0) == [(0.0, 4.0, 0.9)]
     assert detect_intervals(two, 0.5, window_s=2.0, merge_gap_s=3.0) == [(0.0, 2.0, 0.9), (6.0, 8.0, 0.9)]
+
+
+def test_boundaries_of_clipping_merging_and_latency_windows():
+    """Catches off-by-one boundaries: events wholly past the end (zero length once clipped) counted, seizures
+    exactly min_duration_between_events apart merged, and detections that only touch the widened seizure
+    at its edges (or lie in the first second) given a latency."""
+    r = score_events([(700.0, 750.0)], [(650.0, 800.0)], 600.0, EV)
+    assert (r["ref"], r["tp"], r["fp"]) == (0, 0, 0)
+    r = score_events([(100.0, 150.0), (240.0, 290.0)], [(100.0, 105.0), (240.0, 245.0)], 3600.0, EV)
+    assert r["ref"] == 2 and r["latencies_s"] == [0.0, 0.0]  # 90 s apart: not merged (strict <)
+    assert score_events([(100.0, 110.0)], [(170.0, 180.0)], 3600.0, EV)["latencies_s"] == []  # starts at offset+60
+    assert score_events([(100.0, 110.0)], [(60.0, 70.0)], 3600.0, EV)["latencies_s"] == []  # ends at onset-30
+    assert score_events([(0.5, 10.0)], [(0.0, 0.8)], 3600.0, EV)["latencies_s"] == [-0.5]

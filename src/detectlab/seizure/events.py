@@ -67,7 +67,7 @@ def score_events(seizures: list[tuple[float, float]], detections: list[tuple[flo
     res = EventScoring(ref, hyp, _params(ev))
     lat = onset_latencies(ref.events, res.hyp.events, duration_s, ev)
     return {"ref": int(res.refTrue), "tp": int(res.tp), "fp": int(res.fp), "duration_s": float(duration_s),
-            "sensitivity": _nan(res.sensitivity), "precision": _nan(res.precision), "f1": _nan(res.f1),
+            "sensitivity": float(res.sensitivity), "precision": float(res.precision), "f1": float(res.f1),
             "fp_per_24h": float(res.fpRate), "latencies_s": lat}
 
 
@@ -114,7 +114,3 @@ def pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "f1": 2 * tp / (2 * tp + fp + (ref - tp)) if ref + fp else NAN,
             "fp_per_24h": fp / (dur / 86400.0) if dur > 0 else NAN,
             "latency_s": latency}
-
-
-def _nan(v: float) -> float:
-    return float(v) if v is not None and np.isfinite(v) else NAN
