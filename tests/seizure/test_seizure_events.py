@@ -190,7 +190,7 @@ def test_boundaries_of_clipping_merging_and_latency_windows():
     """Catches off-by-one boundaries: events wholly past the end (zero length once clipped) counted, seizures
     exactly min_duration_between_events apart merged, and detections that only touch the widened seizure
     at its edges (or lie in the first second) given a latency."""
-    r = score_events([(700.0, 750.0)], [(650.0, 800.0)], 600.0, EV)
+    r = score_events([(600.0, 650.0)], [(600.0, 800.0)], 600.0, EV)  # both start at the end: zero length
     assert (r["ref"], r["tp"], r["fp"]) == (0, 0, 0)
     r = score_events([(100.0, 150.0), (240.0, 290.0)], [(100.0, 105.0), (240.0, 245.0)], 3600.0, EV)
     assert r["ref"] == 2 and r["latencies_s"] == [0.0, 0.0]  # 90 s apart: not merged (strict <)
