@@ -326,3 +326,18 @@ def test_evaluate_through_the_cli(train_run, tiny_edf_dir, tmp_path, capsys):
     assert (out / "data.json").exists()
     rc = main(["seizure", "evaluate", str(train_run), str(data), "--out", str(out), "--device", "cpu"])
     assert rc == 2 and "cannot be resumed" in capsys.readouterr().err  # a reused folder with other settings
+
+
+def test_units_request_gpus_only_for_training(tmp_path):
+    """Catches the baseline units asking Ray for a GPU (they never use one) or training units pinned to
+    the CPU on a GPU cluster (num_gpus 0 would hide the GPUs from them)."""
+    from detectlab.core.config import from_dict
+    from detectlab.seizure.config import Config
+    from detectlab.seizure.experiment import make_units
+
+    cfg = from_dict(Config, {"seeds": 2, "variants": ["cnn", "cnn_at"]})
+    units = make_units(cfg, tmp_path, [("A", ["A"]), ("B", ["B"])], tmp_path)
+    train = [u for u in units if not u.key.endswith("baselines")]
+    assert len(train) == 8 and all(u.num_gpus is None for u in train)
+    assert [u.num_gpus for u in units if u.key.endswith("baselines")] == [0, 0]
+    assert len({u.key for u in units}) == len(units)

@@ -149,6 +149,21 @@ def _r(p: Any) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------- protocol
+def make_units(cfg: Config, cache: Path, folds: list[tuple[str, list[str]]], ckpt_dir: Path) -> list[Unit]:
+    """(fold, seed, AT) training units (one GPU each on a CUDA Ray cluster) and one CPU-only baseline
+    unit per fold."""
+    at_modes = sorted({v.endswith("_at") for v in cfg.variants})
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    cd = to_dict(cfg)
+    units = [Unit(f"{f}-seed={s}-{'at' if a else 'noat'}", fold_unit,
+                  dict(cache=str(cache), cfg_dict=cd, fold=f, test_patients=t, seed=s, adversarial=a,
+                       ckpt_dir=str(ckpt_dir)))
+             for s in seeds for f, t in folds for a in at_modes]
+    units += [Unit(f"{f}-baselines", baseline_unit, dict(cache=str(cache), fold=f, test_patients=t, c=cfg.probe.c),
+                   num_cpus=1, num_gpus=0) for f, t in folds]
+    return units
+
+
 def check_variants(cfg: Config, store: WindowStore) -> None:
     """Stage 2 needs continuous recordings: on windowed data (labels follow position) it is refused."""
     bad = [v for v in cfg.variants if v not in VARIANTS]
@@ -175,18 +190,12 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     store = WindowStore(cache)
     check_variants(cfg, store)
     split, folds = make_folds(store, cfg)
+    units = make_units(cfg, cache, folds, run.checkpoints)
     at_modes = sorted({v.endswith("_at") for v in cfg.variants})
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    cd = to_dict(cfg)
-    units = [Unit(f"{f}-seed={s}-{'at' if a else 'noat'}", fold_unit,
-                  dict(cache=str(cache), cfg_dict=cd, fold=f, test_patients=t, seed=s, adversarial=a,
-                       ckpt_dir=str(run.checkpoints)))
-             for s in seeds for f, t in folds for a in at_modes]
-    units += [Unit(f"{f}-baselines", baseline_unit, dict(cache=str(cache), fold=f, test_patients=t, c=cfg.probe.c))
-              for f, t in folds]
     progress.log(f"seizure: {split}, {len(units)} units = {len(folds)} folds x {len(seeds)} seeds x {len(at_modes)} "
                  f"AT modes + {len(folds)} baseline units")
-    res = run_units(run, units, cfg.workers, cfg.ray_address, description="seizure folds")
+    res = run_units(run, units, cfg.workers, cfg.ray_address, description="seizure folds", device=cfg.device)
     metrics = aggregate(cfg, store, res, folds, split)
     metrics["data"] = {"source": str(data_path) if data_path else "builtin synthetic", "dataset": store.dataset,
                        "kind": store.kind, "patients": store.patients, "entries": len(store.entries),
