@@ -529,15 +529,19 @@ def read_tals(h: EdfHeader) -> tuple[np.ndarray, list[tuple[float, float, str]]]
     sig = h.annotation_signals
     if not sig or n <= 0:
         return onsets, []
-    mm = np.memmap(h.path, np.uint8, "r", offset=h.n_header, shape=(n, h.record_bytes))
     events: list[tuple[float, float, str]] = []
     got = np.zeros(n, bool)
     for s in sig:
         a = sum(h.spr[:s]) * h.width
-        block = np.asarray(mm[:, a: a + h.spr[s] * h.width])
+        size = h.spr[s] * h.width
+        with open(h.path, "rb") as fh:  # only the annotation bytes of each record (a memory map of the
+            texts_of = []                # whole file would count every touched page as resident memory)
+            for r in range(n):
+                fh.seek(h.n_header + r * h.record_bytes + a)
+                texts_of.append(fh.read(size))
         for r in range(n):
             first = True
-            for m in _TAL.finditer(block[r].tobytes()):
+            for m in _TAL.finditer(texts_of[r]):
                 onset = float(m.group(1))
                 texts = [t for t in m.group(3).split(b"\x14") if t]
                 if first and s == sig[0] and not got[r]:
@@ -957,13 +961,14 @@ def _to_windows(y: np.ndarray, win: int, centre: np.ndarray, scale: np.ndarray) 
     return np.ascontiguousarray(y[:, : t * win].reshape(y.shape[0], t, win).transpose(1, 0, 2))
 
 
-def recording_windows(rec: Recording, pre: PreprocessConfig, workers: int = 1, keep_mb: float = 512.0,
+def recording_windows(rec: Recording, pre: PreprocessConfig, workers: int = 1, keep_mb: float = 256.0,
                       standardise: bool = True) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (first window index, standardised windows (m, 18, win) float32) over a recording, in chunks.
 
     robust / zscore need the whole recording's statistics: a first pass over the chunks collects the
     window statistics, a second standardises; the filtered chunks are kept between the passes when
-    they total at most `keep_mb` MB (one hour at 500 Hz is 130 MB), else filtered again. moving streams
+    they total at most `keep_mb` MB (one hour at 500 Hz is 130 MB), else filtered again (a day at 256 Hz,
+    318 MB, is read twice instead). moving streams
     in one pass. Flat channels are an input error before anything is yielded (robust, zscore) or at the
     end (moving). ``standardise=False`` yields the filtered windows in volts (for a model that carries
     its training fold's statistics)."""
