@@ -426,7 +426,8 @@ def fit(store: WindowStore, cfg: Any, seed: int, adversarial: bool, train_patien
     t0 = time.perf_counter()
     m1, h1 = train_stage1(src, y, d, len(train_patients), cfg.stage1, adversarial, seed, device)
     feats = torch.cat([cnn_features(m1, store.X(i), device, norm) for i in ids])
-    p1 = torch.sigmoid(m1.label(feats)).detach().cpu().numpy()
+    with torch.no_grad():
+        p1 = torch.sigmoid(m1.label(feats)).cpu().numpy()
     out: dict[str, Any] = {"cnn": m1, "tau_cnn": threshold_from_training(y, p1), "history": h1, "norm": norm,
                            "stage1_seconds": time.perf_counter() - t0}
     if probe and cfg.probe.enabled:
