@@ -24,13 +24,15 @@ NAME = "log-RMS 8-30 Hz + LR"
 MAJORITY = "majority class"
 
 
-def log_rms(X: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """(N, C, L) windows -> (N, 1): natural log of the RMS over all channels and samples of each window
-    (a floor of 1e-6 keeps it finite)."""
-    X = np.asarray(X)
+def log_rms(X: np.ndarray, batch: int = 4096, norm: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(N, C, L) windows (an array or a memory map, read `batch` windows at a time) -> (N, 1): natural log
+    of the RMS over all channels and samples of each window (a floor of 1e-6 keeps it finite), after the
+    per-channel standardisation `norm` (centre, scale) when given."""
     out = np.empty((len(X), 1), np.float64)
     for i in range(0, len(X), batch):
         x = np.asarray(X[i: i + batch], dtype=np.float32)
+        if norm is not None:
+            x = (x - np.asarray(norm[0], np.float32)[None, :, None]) / np.asarray(norm[1], np.float32)[None, :, None]
         ms = np.einsum("ncl,ncl->n", x, x) / (x.shape[1] * x.shape[2])
         out[i: i + batch, 0] = 0.5 * np.log(np.maximum(ms, 1e-12))
     return out

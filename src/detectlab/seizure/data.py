@@ -1157,13 +1157,18 @@ class StoreWriter:
         return self.folder
 
 
-def fold_norm(store: WindowStore, train_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def fold_norm(store: WindowStore, train_ids: list[int], batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Windowed sets: (centre, scale) per channel from the training entries' windows only (robust:
-    median window mean, median window SD), so no test patient's scaling depends on its labels."""
-    X = store.gather(train_ids)
-    m = X.mean(axis=2, dtype=np.float64)
-    s = X.std(axis=2, dtype=np.float64)
-    return robust_stats(m, s)
+    median window mean, median window SD), so no test patient's scaling depends on its labels. Reads
+    `batch` windows at a time."""
+    means, sds = [], []
+    for i in train_ids:
+        X = store.X(i)
+        for k in range(0, len(X), batch):
+            x = np.asarray(X[k: k + batch], dtype=np.float32)
+            means.append(x.mean(axis=2, dtype=np.float64))
+            sds.append(x.std(axis=2, dtype=np.float64))
+    return robust_stats(np.concatenate(means), np.concatenate(sds))
 
 
 def apply_norm(X: np.ndarray, norm: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:

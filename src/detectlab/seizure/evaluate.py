@@ -62,7 +62,7 @@ def run(model_run: Path, data: Path, out: Path | None, args: argparse.Namespace)
     from detectlab.core.runtime import choose_device
     from detectlab.seizure.baseline import MAJORITY, NAME, LogRMSBaseline, log_rms
     from detectlab.seizure.config import Config
-    from detectlab.seizure.data import WindowStore, apply_norm, prepare_data
+    from detectlab.seizure.data import WindowStore, prepare_data
     from detectlab.seizure.scoring import LABELS, METRICS, mark_below_baseline, score_entries
     from detectlab.seizure.train import checkpoint_preprocess as preprocess_of
     from detectlab.seizure.train import header_norm, load_model, predict_windows
@@ -113,7 +113,7 @@ def run(model_run: Path, data: Path, out: Path | None, args: argparse.Namespace)
             bd = json.loads(bpath.read_text())
             base = LogRMSBaseline.from_dict(bd["logrms_lr"])
             share = float(bd["majority"]["positive_share"])
-            bp = {str(i): base.scores(log_rms(apply_norm(np.asarray(store.X(i)), norm0))).tolist() for i in ids}
+            bp = {str(i): base.scores(log_rms(store.X(i), norm=norm0)).tolist() for i in ids}
             baselines["logrms_lr"] = score_entries(store, bp, base.threshold, cfg.events)
             mp = {str(i): np.full(len(store.y(i)), share).tolist() for i in ids}
             baselines["majority"] = score_entries(store, mp, 0.5, cfg.events)

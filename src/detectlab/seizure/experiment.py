@@ -29,7 +29,7 @@ from detectlab.core.runs import Run
 from detectlab.core.units import Unit, run_units
 from detectlab.seizure.baseline import log_rms, majority_scores
 from detectlab.seizure.config import DATA_SUBDIR, GRID_FIELDS, VARIANTS, Config  # noqa: F401 - re-exported
-from detectlab.seizure.data import WindowStore, apply_norm, prepare_data
+from detectlab.seizure.data import WindowStore, prepare_data
 from detectlab.seizure.scoring import BASELINES, LABELS, METRICS, mark_below_baseline, score_entries
 from detectlab.seizure.synthetic import builtin_data
 from detectlab.seizure.train import fit, fit_baseline, predict_windows, save_model, small_model_threads
@@ -138,9 +138,8 @@ def baseline_unit(cache: str, fold: str, test_patients: list[str], c: float) -> 
                            "logrms_lr": {"threshold": base.threshold, "probs": {}},
                            "majority": {"threshold": 0.5, "probs": {}}}
     for i in te_ids:
-        X = apply_norm(np.asarray(store.X(i)), norm)
-        out["logrms_lr"]["probs"][str(i)] = _r(base.scores(log_rms(X)))
-        out["majority"]["probs"][str(i)] = _r(majority_scores(ytr, len(X)))
+        out["logrms_lr"]["probs"][str(i)] = _r(base.scores(log_rms(store.X(i), norm=norm)))
+        out["majority"]["probs"][str(i)] = _r(majority_scores(ytr, len(store.y(i))))
     return out
 
 

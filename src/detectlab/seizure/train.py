@@ -445,7 +445,7 @@ def fit(store: WindowStore, cfg: Any, seed: int, adversarial: bool, train_patien
 def fit_baseline(store: WindowStore, ids: list[int], norm: tuple[np.ndarray, np.ndarray] | None,
                  c: float = 1.0) -> LogRMSBaseline:
     """The log-RMS + LR baseline on the entries `ids` (the same windows and standardisation as the CNN)."""
-    Fs = np.concatenate([log_rms(apply_norm(np.asarray(store.X(i)), norm)) for i in ids])
+    Fs = np.concatenate([log_rms(store.X(i), norm=norm) for i in ids])
     return LogRMSBaseline(c).fit(Fs, store.labels(ids))
 
 
