@@ -39,7 +39,7 @@ TESTS: dict[str, list[str]] = {
                                     "tests/core/test_core_facilities.py::test_bad_input_in_a_worker_process_is_one_input_error",
                                     "tests/core/test_core_facilities.py::test_ray_requests_gpus_when_the_units_run_on_cuda",
                                     "tests/core/test_core_facilities.py::test_resume_may_add_units_but_not_change_settings"],
-    "src/detectlab/seizure/events.py": ["tests/seizure"],
+    "src/detectlab/seizure/events.py": ["tests/seizure/test_seizure_events.py"],
     "src/detectlab/adversarial/detector.py": ["tests/adversarial/test_adversarial_detector.py"],
     "src/detectlab/violence/strategy.py": ["tests/violence/test_violence_fl.py"],
     "src/detectlab/violence/partition.py": ["tests/violence/test_violence_partition.py"],

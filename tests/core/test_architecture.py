@@ -23,13 +23,14 @@ HIGH = ("train", "experiment", "evaluate", "predict")
 #: become empty; the test fails on any cycle not listed here, and on a listed one that is gone.
 KNOWN_CYCLES: dict[str, set[frozenset[str]]] = {
     "adversarial": {frozenset({"experiment", "train"})},
-    "seizure": {frozenset({"experiment", "train"})},
+    "seizure": set(),
     "violence": {frozenset({"experiment", "server_app"})},
     "fluid": {frozenset({"experiment", "train"})},
     "lesions": {frozenset({"experiment", "figures", "train"})},
 }
 #: Upward imports that exist today and are being removed with the cycles (same rule: must become empty).
 KNOWN_UPWARD: dict[str, list[str]] = {s: ["train -> experiment"] for s in SYSTEMS}
+KNOWN_UPWARD["seizure"] = []
 
 
 def _imports(path: Path, package: str) -> set[str]:

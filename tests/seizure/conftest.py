@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detectlab.seizure.synthetic import SyntheticConfig
+from detectlab.seizure.config import SyntheticConfig
 
 TINY = SyntheticConfig(n_patients=4, duration_s=100.0, duration_sd=5.0, seizure_min_s=25.0, seizure_max_s=35.0,
                        fs=128.0, seed=3)
@@ -20,10 +20,15 @@ def tiny_edf_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_windows(tiny_edf_dir):
-    from detectlab.seizure.data import PreprocessConfig, load_edf_folder
+def tiny_store(tiny_edf_dir, tmp_path_factory):
+    """The window store of the four tiny patients (128 Hz, robust standardisation)."""
+    from detectlab.core.config import from_dict
+    from detectlab.seizure.config import Config
+    from detectlab.seizure.data import WindowStore, prepare_data
 
-    return load_edf_folder(tiny_edf_dir, PreprocessConfig(fs=128.0))
+    cfg = from_dict(Config, {"preprocess": {"fs": 128.0}})
+    out = tmp_path_factory.mktemp("tiny_store") / "windows"
+    return WindowStore(prepare_data(cfg, out, tiny_edf_dir))
 
 
 @pytest.fixture
@@ -36,6 +41,20 @@ def write_raw():
             rng = np.random.default_rng(seed)
             data = rng.normal(0, 20e-6, (len(names), int(seconds * fs)))
         return write_edf(path, data, fs, list(names), list(seizures))
+
+    return _w
+
+
+@pytest.fixture
+def edf_plus():
+    """edf_plus(path, seconds, fs, annotations, record_onsets, names) -> path: an EDF+ written record by
+    record (zero-duration markers, EDF+D gaps), 18 bipolar channels of noise with a burst at 10-12 s."""
+    from detectlab.seizure.synthetic import write_edf_plus
+
+    def _w(path, seconds=30, fs=128, annotations=(), record_onsets=None, names=None, seed=0):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(0, 20e-6, (18 if names is None else len(names), int(seconds * fs)))
+        return write_edf_plus(path, [x], fs, int(seconds), names, list(annotations), record_onsets)
 
     return _w
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -15,7 +16,7 @@ def fig2_losses(res: dict[str, dict], seed: int):
     """Stage-1 label loss, domain loss and domain accuracy per epoch, mean +- SD across folds."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     for adv, color, lab in ((True, "C3", "w/ AT"), (False, "C0", "w/o AT (domain head = probe, λ=0)")):
-        hs = [r["history"] for r in res.values() if r["seed"] == seed and r["adversarial"] == adv]
+        hs = [r["history"] for r in res.values() if r.get("seed") == seed and r.get("adversarial") == adv]
         if not hs:
             continue
         for ax, key, title in zip(axes, ("label_loss", "domain_loss", "domain_acc"),
@@ -28,7 +29,7 @@ def fig2_losses(res: dict[str, dict], seed: int):
             ax.set_title(title)
             ax.set_xlabel("epoch")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Fig. 2: stage-1 training, mean ± SD across LOPO folds (seed {seed})")
+    fig.suptitle(f"Fig. 2: stage-1 training, mean ± SD across folds (seed {seed})")
     fig.tight_layout()
     return fig
 
@@ -55,29 +56,29 @@ def trace_axes(ax_sig, ax_p, signal: np.ndarray | None, fs: float, traces: dict[
     ax_p.legend(fontsize=7, loc="upper right")
 
 
-def fig3_traces(res: dict[str, dict], ws: Any, patients: list[str], seed: int, variants: tuple[str, str]):
-    fig, axes = plt.subplots(2 * len(patients), 1, figsize=(11, 3.2 * len(patients)), squeeze=False)
-    for k, p in enumerate(patients):
-        i = ws.names.index(p)
-        X = np.asarray(ws.X[ws.pid == i])
+def fig3_traces(res: dict[str, dict], store: Any, entries: list[int], seed: int, variants: tuple[str, str]):
+    """Preprocessed EEG (highest-variance channel) and the test probabilities of one recording per row."""
+    fig, axes = plt.subplots(2 * len(entries), 1, figsize=(11, 3.2 * len(entries)), squeeze=False)
+    for k, i in enumerate(entries):
+        X = np.asarray(store.X(i))
         ch = int(np.argmax(X.std(axis=(0, 2)))) if len(X) else 0
         sig = X[:, ch, :].reshape(-1)
-        meta = ws.patients[i]
+        e = store.entries[i]
         traces, thr = {}, {}
         for v in variants:
-            r = next((r for r in res.values() if r["patient"] == p and r["seed"] == seed and v in r), None)
+            r = next((r for r in res.values() if r.get("seed") == seed and v in r and str(i) in r[v]["probs"]), None)
             if r is not None:
-                traces[v] = np.asarray(r[v]["probs"])
+                traces[v] = np.asarray(r[v]["probs"][str(i)])
                 thr[v] = r[v]["threshold"]
-        trace_axes(axes[2 * k, 0], axes[2 * k + 1, 0], sig, meta["fs"], traces, thr, meta["seizures"],
-                   meta.get("window_s", 1.0))
-        axes[2 * k, 0].set_title(f"patient {p} (seed {seed}); dashed: thresholds; grey: annotated seizure")
+        trace_axes(axes[2 * k, 0], axes[2 * k + 1, 0], sig, store.fs, traces, thr, e["seizures"], store.window_s)
+        axes[2 * k, 0].set_title(f"patient {e['patient']}, {Path(e['source'].split('#')[0]).name} (seed {seed}); "
+                                 "dashed: thresholds; grey: annotated seizure")
     fig.suptitle("Fig. 3: preprocessed EEG (highest-variance channel) and seizure probability")
     fig.tight_layout()
     return fig
 
 
-def fig4_mcc(per_patient: dict, with_at: str, without: str):
+def fig4_mcc(per_patient: dict, with_at: str, without: str, baseline: dict | None = None):
     pats = list(per_patient[with_at])
     a = np.array([per_patient[with_at][p]["mcc"] for p in pats])
     b = np.array([per_patient[without].get(p, {}).get("mcc", np.nan) for p in pats])
@@ -85,6 +86,9 @@ def fig4_mcc(per_patient: dict, with_at: str, without: str):
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(pats) + 2), 3.5))
     ax.bar(x - 0.2, b, 0.4, label=f"{without} (w/o AT)", color="C0")
     ax.bar(x + 0.2, a, 0.4, label=f"{with_at} (w/ AT)", color="C3")
+    if baseline:
+        c = np.array([baseline.get(p, {}).get("mcc", np.nan) for p in pats])
+        ax.scatter(x, c, marker="_", s=400, color="k", zorder=3, label="log-RMS + LR baseline")
     ax.set_xticks(x, pats, rotation=60, fontsize=8)
     ax.set_ylabel("MCC (mean over seeds)")
     ax.axhline(0, color="k", lw=0.5)
@@ -94,16 +98,23 @@ def fig4_mcc(per_patient: dict, with_at: str, without: str):
     return fig
 
 
-def all_figures(run: Any, cfg: Any, res: dict[str, dict], ws: Any, metrics: dict) -> None:
+def all_figures(run: Any, cfg: Any, res: dict[str, dict], store: Any, metrics: dict) -> None:
     seed = cfg.seed
     run.save_figure(fig2_losses(res, seed), "fig2_stage1_losses")
     pp = metrics["per_patient"]
     pair = ("cnn_bilstm_at", "cnn_bilstm") if "cnn_bilstm_at" in pp and "cnn_bilstm" in pp else ("cnn_at", "cnn")
-    if pair[0] in pp and pair[1] in pp:
-        run.save_figure(fig4_mcc(pp, *pair), "fig4_per_patient_mcc")
-        pats = cfg.fig3_patients
-        if not pats:
-            gain = {p: pp[pair[0]][p]["mcc"] - pp[pair[1]].get(p, {}).get("mcc", np.nan) for p in pp[pair[0]]}
-            order = sorted((g, p) for p, g in gain.items() if np.isfinite(g))
-            pats = list(dict.fromkeys([order[-1][1], order[0][1]])) if order else list(gain)[:1]
-        run.save_figure(fig3_traces(res, ws, pats, seed, (pair[1], pair[0])), "fig3_probability_traces")
+    if pair[0] in pp and pair[1] in pp and pp[pair[0]]:
+        run.save_figure(fig4_mcc(pp, *pair, pp.get("logrms_lr")), "fig4_per_patient_mcc")
+    if store.kind != "recordings" or pair[0] not in pp or not pp[pair[0]]:
+        return
+    pats = cfg.fig3_patients
+    if not pats:
+        gain = {p: pp[pair[0]][p]["mcc"] - pp[pair[1]].get(p, {}).get("mcc", np.nan) for p in pp[pair[0]]}
+        order = sorted((g, p) for p, g in gain.items() if np.isfinite(g))
+        pats = list(dict.fromkeys([order[-1][1], order[0][1]])) if order else list(gain)[:1]
+    entries = []
+    for p in pats:
+        ids = [i for i in store.entries_of([p]) if store.entries[i]["seizures"]] or store.entries_of([p])
+        entries += ids[:1]
+    if entries:
+        run.save_figure(fig3_traces(res, store, entries, seed, (pair[1], pair[0])), "fig3_probability_traces")

@@ -12,7 +12,6 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 
 class GradReverse(torch.autograd.Function):
@@ -53,6 +52,30 @@ class CNNFeatures(nn.Module):
         self.n_features = c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, L) -> (B, 40)
+        return self.body(x).mean(dim=-1)
+
+    def fused(self) -> nn.Module:
+        """An inference copy with every BatchNorm folded into its convolution (eval statistics): the same
+        outputs, one pass over memory less per layer. Parameters stay on this module's device."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        layers, out, i = list(self.body), [], 0
+        while i < len(layers):
+            if isinstance(layers[i], nn.Conv1d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm1d):
+                out.append(fuse_conv_bn_eval(layers[i].eval(), layers[i + 1].eval()))
+                i += 2
+            else:
+                out.append(layers[i])
+                i += 1
+        return _MeanPool(nn.Sequential(*out)).eval()
+
+
+class _MeanPool(nn.Module):
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).mean(dim=-1)
 
 
@@ -99,7 +122,7 @@ class DANN(nn.Module):
     def predict_proba(self, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
         self.eval()
         return torch.cat([torch.sigmoid(self.label(self.features(x[i: i + batch])))
-                          for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0)
+                          for i in range(0, len(x), batch)]) if len(x) else torch.zeros(0, device=x.device)
 
 
 class CNNBiLSTM(nn.Module):
@@ -114,17 +137,30 @@ class CNNBiLSTM(nn.Module):
         self.fc = nn.Linear(2 * hidden, 1)
 
     def forward(self, seqs: list[torch.Tensor]) -> torch.Tensor:
-        """seqs: list of (T_k, C, L) patient sequences -> (B, T_max) logits (padding positions are junk)."""
-        lengths = torch.tensor([len(s) for s in seqs])
+        """seqs: list of (T_k, C, L) sequences -> (B, T_max) logits (padding positions are junk)."""
+        lengths = [len(s) for s in seqs]
         f = self.features(torch.cat(seqs))  # the CNN sees all windows of the batch at once
-        f = pad_sequence(list(torch.split(f, lengths.tolist())), batch_first=True)
-        packed = pack_padded_sequence(f, lengths, batch_first=True, enforce_sorted=False)
-        h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True)
-        return self.fc(h).squeeze(-1)
+        return self.sequence_logits(list(torch.split(f, lengths)))
+
+    def sequence_logits(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """BiLSTM + FC over CNN feature sequences [(T_k, 40)] -> (B, T_max) logits (padding positions 0).
+
+        Sequences of equal length run as one LSTM batch; each length group separately, so no sequence
+        ever sees padding (the same as packing, and it works on every device)."""
+        t_max = max(len(f) for f in feats)
+        out = feats[0].new_zeros(len(feats), t_max)
+        by_len: dict[int, list[int]] = {}
+        for k, f in enumerate(feats):
+            by_len.setdefault(len(f), []).append(k)
+        for n, ks in by_len.items():
+            h = self.lstm(torch.stack([feats[k] for k in ks]))[0]
+            out[ks, :n] = self.fc(h).squeeze(-1)
+        return out
 
     @torch.no_grad()
     def predict_proba(self, seq: torch.Tensor) -> torch.Tensor:
-        """(T, C, L) one sequence -> (T,) probabilities."""
+        """(T, C, L) one whole sequence -> (T,) probabilities (short sequences; train.predict_sequence
+        streams long ones)."""
         self.eval()
         return torch.sigmoid(self([seq])[0])
 
