@@ -14,40 +14,17 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
+from detectlab.core.bench import interleaved
+
 SIZES = {
     "smoke": {"arch": "resnet18", "size": 32, "images": 32, "batch": 8, "epochs": 1, "reps": 5},
     "full": {"arch": "resnet18", "size": 224, "images": 64, "batch": 8, "epochs": 1, "reps": 5},
 }
-
-
-def _interleaved(fns: dict, reps: int, warmup: int = 1, ratio: tuple[str, str] = ("ours", "peer")) -> dict:
-    try:
-        from detectlab.core.bench import interleaved
-    except ImportError:  # a core without the bench module: the same protocol, here
-        interleaved = None
-    if interleaved is not None:
-        return interleaved(fns, reps=reps, warmup=warmup, ratio=ratio)
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    per = [a / b for a, b in zip(times[ratio[0]], times[ratio[1]])]
-    q = statistics.quantiles(per, n=4) if len(per) > 1 else [per[0]] * 3
-    return {"times": times, "median": {k: statistics.median(v) for k, v in times.items()},
-            "ratio": {"median": statistics.median(per), "min": min(per), "max": max(per), "q1": q[0], "q3": q[2],
-                      "per_rep": per}}
 
 
 def bare_loop(x: torch.Tensor, y: torch.Tensor, arch: str, batch: int, epochs: int, seed: int) -> None:
@@ -96,8 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     y = torch.arange(s["images"] + 8) % 2
     train, val = Prepared(xu[:-8], y[:-8]), Prepared(xu[-8:], y[-8:])
     xf = xu[:-8].float() / 255.0
-    res = _interleaved({"ours": lambda: ours(train, val, s["arch"], s["batch"], s["epochs"], 0),
-                        "peer": lambda: bare_loop(xf, y[:-8], s["arch"], s["batch"], s["epochs"], 0)}, reps=reps)
+    res = interleaved({"ours": lambda: ours(train, val, s["arch"], s["batch"], s["epochs"], 0),
+                        "peer": lambda: bare_loop(xf, y[:-8], s["arch"], s["batch"], s["epochs"], 0)}, reps=reps, warmup=1,
+                      ratio=("ours", "peer"))
     seen = (s["images"] // s["batch"]) * s["batch"] * s["epochs"]
     ips = {k: seen / v for k, v in res["median"].items()}
     r = res["ratio"]

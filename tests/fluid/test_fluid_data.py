@@ -238,7 +238,7 @@ def test_augment_has_no_wrap_around():
     yf, _ = D.augment(flips, None, g, shift=0.0, speckle=0.0, gamma=(1.0, 1.0))
     assert 10 < int((yf[:, 0, 0, -1] > 0.5).sum()) < 54  # about half the images flipped
     with pytest.raises(ValueError, match="generator on"):
-        D.check_generator(torch.Generator(device="cpu"), torch.empty(1, device="meta"))
+        D.check_generator(torch.Generator(device="meta"), torch.empty(1))
 
 
 def test_holdout_is_grouped_and_falls_back_inside_one_subject():

@@ -158,7 +158,7 @@ def test_augmentation_generator_follows_the_data(monkeypatch):
 
     seen = []
 
-    def spy(x, m, g):
+    def spy(x, m, g, **kw):
         seen.append((torch.device(g.device).type, x.device.type))
         return x, m
 
@@ -202,3 +202,25 @@ def test_resnet18_learns_synthetic_fluid(syn_root):
     majority = max(float(yv.mean()), 1 - float(yv.mean()))
     assert res.iterations == 24
     assert res.best_auc > 0.85 and res.best_accuracy > majority
+
+
+def test_a_training_step_keeps_every_tensor_on_the_data_device():
+    """GPU readiness without a GPU: batches, augmentation draws, class weights, the mask target and its
+    pos_weight all follow the device of the model and data ('meta' here); a CPU tensor left in the step
+    (e.g. class weights not moved) would fail exactly as it would on CUDA."""
+    from detectlab.fluid.data import augment
+    from detectlab.fluid.model import build
+    from detectlab.fluid.train import make_generator, make_optimizer, train_step
+
+    meta = torch.device("meta")
+    d = Prepared(torch.randint(0, 255, (8, 1, 32, 48), dtype=torch.uint8), torch.tensor([0, 1] * 4),
+                 torch.randint(0, 255, (8, 1, 32, 48), dtype=torch.uint8))
+    model = build("resnet18", mask_head=True).to(meta)
+    opt = make_optimizer(model.parameters(), _tc(optimizer="adam", lr=1e-3))
+    x, y, m = d.batch(torch.arange(8), meta)
+    assert x.device == y.device == m.device == meta and x.dtype == torch.float32
+    x, m = augment(x, m, make_generator(meta, 0))
+    loss = train_step(model, opt, x, y, m, _tc(), class_weights(d.y).to(meta), mask_weight=1.0)
+    assert loss.device == meta
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        train_step(model, opt, x, y, m, _tc(), class_weights(d.y), mask_weight=1.0)  # CPU weights meet meta

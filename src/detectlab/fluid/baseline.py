@@ -17,17 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from detectlab.core.baselines import majority_scores
+
+__all__ = ["FEATURES", "features_of", "majority_scores", "pocket_features", "pocket_scores", "retina_region"]
+
 FEATURES = ("q05", "q25", "q50_abs", "q75", "sd", "dark50", "dark65", "dark80", "pockets", "pocket_area",
             "largest_pocket", "thick_mean", "thick_sd", "thick_max")
-
-
-def majority_scores(y_train: np.ndarray, n: int) -> np.ndarray:
-    """A constant score: the positive share of the training labels (>= 0.5 predicts the majority class)."""
-    try:
-        from detectlab.core.baselines import majority_scores as core_majority
-    except ImportError:  # core without the baselines module
-        return np.full(n, float(np.mean(y_train)))
-    return core_majority(y_train, n)
 
 
 def _otsu(v: np.ndarray) -> float:
@@ -91,15 +86,31 @@ def features_of(prep: Any, batch: int = 64) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def pocket_scores(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Fluid probability of the test B-scans from a logistic regression fitted on the training features."""
+def fit_pocket_lr(f_train: np.ndarray, y_train: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Fit the standardised logistic regression; returns its parameters as plain lists (JSON-able, so a
+    checkpoint can carry the baseline fitted on the same training part as its network)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if np.unique(y_train).size < 2:
-        return majority_scores(y_train, len(f_test))
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000,
-                                                             random_state=seed))
-    clf.fit(f_train, y_train)
-    return clf.predict_proba(f_test)[:, 1]
+    y = np.asarray(y_train).astype(int)
+    if np.unique(y).size < 2:
+        return {"constant": float(y.mean()) if y.size else 0.5}
+    sc = StandardScaler().fit(f_train)
+    lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
+    lr.fit(sc.transform(f_train), y)
+    return {"mean": sc.mean_.tolist(), "scale": sc.scale_.tolist(), "coef": lr.coef_[0].tolist(),
+            "intercept": float(lr.intercept_[0]), "features": list(FEATURES)}
+
+
+def apply_pocket_lr(params: dict[str, Any], f: np.ndarray) -> np.ndarray:
+    """Fluid probability of feature rows `f` under fitted parameters (fit_pocket_lr)."""
+    f = np.asarray(f, dtype=np.float64)
+    if "constant" in params:
+        return np.full(len(f), params["constant"])
+    z = (f - np.asarray(params["mean"])) / np.asarray(params["scale"])
+    return 1.0 / (1.0 + np.exp(-(z @ np.asarray(params["coef"]) + params["intercept"])))
+
+
+def pocket_scores(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Fluid probability of the test B-scans from a logistic regression fitted on the training features."""
+    return apply_pocket_lr(fit_pocket_lr(f_train, y_train, seed), f_test)

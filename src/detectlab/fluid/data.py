@@ -560,8 +560,10 @@ def median3(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_generator(g: torch.Generator, x: torch.Tensor) -> None:
-    """A random draw must come from a generator on the device of the data it meets."""
-    if torch.device(g.device).type != x.device.type:
+    """A random draw must come from a generator on the device of the data it meets (shape-only 'meta' data
+    draws from the CPU generator, as core.runtime.generator gives it)."""
+    want = "cpu" if x.device.type == "meta" else x.device.type
+    if torch.device(g.device).type != want:
         raise ValueError(f"generator on {g.device} meets data on {x.device}")
 
 

@@ -126,8 +126,16 @@ def fold_unit(variant: str, design: str, arch: str, batch: int, fold: int, cfg_d
         out["saliency"] = {k: v for k, v in sal.items() if k not in ("index", "hit")}
     if ckpt:
         save_checkpoint(ckpt, model, SYSTEM, model_config(cfg, arch, prep, mask), val_accuracy=res.best_accuracy,
-                        design=design, fold=fold, batch=batch, variant=variant, selection=cfg.selection)
+                        design=design, fold=fold, batch=batch, variant=variant, selection=cfg.selection,
+                        baselines=stored_baselines(allp, sp["train"], cfg.seed))
     return out
+
+
+def stored_baselines(allp, train_idx, seed: int) -> dict[str, Any]:
+    """The baselines fitted on a model's training part, for its checkpoint (evaluate applies them to new data)."""
+    y = allp.y[torch.as_tensor(np.asarray(train_idx))].numpy()
+    f = B.features_of(allp.take(train_idx))
+    return {"train_fluid_share": float(y.mean()), "dark_pockets_lr": B.fit_pocket_lr(f, y, seed)}
 
 
 _FEATURES: dict[tuple, np.ndarray] = {}
@@ -337,15 +345,26 @@ def summarise(cfg: Config, res: dict[str, dict], k: int, n_images: int) -> dict[
             e["saliency"] = {"n": n, "hits": sum(s["hits"] for s in sal), "share": sum(s["hits"] for s in sal) / n,
                              "chance": float(sum(s["chance"] * s["n"] for s in sal) / n)}
             out["saliency"].setdefault(variant or "plain", {}).setdefault(design, {})[f"{arch}-bs={batch}"] = e["saliency"]
-        # the best baseline on the same folds and input
-        bl = out["baselines"].get(design, {}).get(e["prep"], {})
-        if bl:
-            best_name = max(bl, key=lambda n: bl[n]["balanced_accuracy"]["mean"])
-            best_val = bl[best_name]["balanced_accuracy"]["mean"]
-            e["best_baseline"] = {"name": best_name, "balanced_accuracy": best_val}
-            e["below_baseline"] = not (e["balanced_accuracy"]["mean"] > best_val)
         tgt["designs"].setdefault(design, {}).setdefault(arch, {})[str(batch)] = e
+    mark_baselines(out)
     return out
+
+
+def mark_baselines(out: dict[str, Any]) -> None:
+    """below_baseline / best_baseline of every learned cell: its mean balanced accuracy against the best
+    baseline's on the same folds and input (core.baselines.mark_below_baseline: strictly better beats it)."""
+    from detectlab.core.baselines import mark_below_baseline
+
+    groups = [("", out["designs"])] + [(v, m["designs"]) for v, m in out.get("variants", {}).items()]
+    for design, by_prep in out["baselines"].items():
+        rows = [{"kind": "baseline", "name": name, "input": pk, "balanced_accuracy": m["balanced_accuracy"]["mean"]}
+                for pk, bl in by_prep.items() for name, m in bl.items()]
+        cells = [(e, {"kind": "model", "name": f"{arch} bs={b}", "input": e["prep"],
+                      "balanced_accuracy": e["balanced_accuracy"]["mean"]})
+                 for _, designs in groups for arch, batches in designs.get(design, {}).items() for b, e in batches.items()]
+        mark_below_baseline(rows + [r for _, r in cells], "balanced_accuracy", group_by=("input",), name_key="name")
+        for e, r in cells:
+            e["below_baseline"], e["best_baseline"] = r["below_baseline"], r["best_baseline"]
 
 
 # ------------------------------------------------------------- tables

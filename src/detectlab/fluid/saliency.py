@@ -22,7 +22,8 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     model.eval()
     try:
         with torch.enable_grad():
-            out = model.forward_all(x)
+            # the input requires grad, so the feature map does even when the parameters do not (frozen layers)
+            out = model.forward_all(x.detach().requires_grad_(True))
             feats, logits = out["features"], out["logits"]
             score = (logits[:, 1] - logits[:, 0]).sum()
             (grad,) = torch.autograd.grad(score, feats)

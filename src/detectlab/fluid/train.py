@@ -72,13 +72,9 @@ class FitResult:
 
 
 def make_generator(device: torch.device | str, seed: int) -> torch.Generator:
-    """A torch.Generator on `device` (core.runtime.generator when the core has it)."""
-    try:
-        from detectlab.core.runtime import generator
-    except ImportError:
-        g = torch.Generator(device=torch.device(device))
-        g.manual_seed(int(seed))
-        return g
+    """A torch.Generator on `device`, for random draws into that device's tensors."""
+    from detectlab.core.runtime import generator
+
     return generator(device, seed)
 
 
@@ -164,18 +160,39 @@ def _better(select_by: str, va: float, vauc: float, vl: float, best: dict) -> bo
 
 
 def make_optimizer(params, tc: Any) -> torch.optim.Optimizer:
-    """SGD (the paper) or AdamW with the fused update (one kernel over all parameters, on CPU and CUDA);
+    """SGD (the paper) or AdamW, with the fused update (one kernel over all parameters) on CPU and CUDA:
     the default per-parameter loop costs as much as the backward pass of a small network on a CPU."""
     wd = getattr(tc, "weight_decay", 0.0)
     params = list(params)
-    for kw in ({"fused": True}, {"foreach": True}):
-        try:
-            if getattr(tc, "optimizer", "sgd") == "adam":
-                return torch.optim.AdamW(params, lr=tc.lr, weight_decay=wd, **kw)
-            return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=wd, **kw)
-        except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
-            continue
-    raise RuntimeError("no optimizer implementation for these parameters")
+    kw = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in params) else {"foreach": True}
+    if getattr(tc, "optimizer", "sgd") == "adam":
+        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=wd, **kw)
+    return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=wd, **kw)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
+               mb: torch.Tensor | None, tc: Any, weight: torch.Tensor | None = None, mask_weight: float = 0.0
+               ) -> torch.Tensor:
+    """One optimisation step: cross-entropy (class-weighted), aux heads, the auxiliary fluid-mask loss."""
+    need_all = bool(getattr(model, "aux_logits", False)) or (mask_weight > 0 and getattr(model, "seg", None) is not None)
+    if need_all:
+        out = model.forward_all(xb)
+        logits = out["logits"]
+    else:
+        out, logits = None, model(xb)
+    loss = F.cross_entropy(logits, yb, weight=weight)
+    if out is not None:
+        for a in out["aux"]:
+            loss = loss + tc.aux_weight * F.cross_entropy(a, yb, weight=weight)
+        if mask_weight > 0 and out["seg"] is not None and mb is not None:
+            target = (F.adaptive_max_pool2d(mb, out["seg"].shape[-2:]) > 0).float()
+            pos = target.sum()
+            pw = ((target.numel() - pos) / pos.clamp_min(1.0)).clamp(1.0, 20.0)
+            loss = loss + mask_weight * F.binary_cross_entropy_with_logits(out["seg"], target, pos_weight=pw)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
 
 
 def check_iterations(steps: int, tc: Any) -> set[int] | None:
@@ -208,7 +225,8 @@ def fit(model: torch.nn.Module, train: Prepared, val: Prepared, tc: Any, batch_s
     recal = bool(getattr(tc, "bn_recalibrate", False)) and has_batchnorm(model)
     g_perm = torch.Generator().manual_seed(int(seed))  # indexes the (CPU-held) prepared set
     g_aug = make_generator(device, int(seed) + 1) if augment else None
-    need_all = bool(getattr(model, "aux_logits", False)) or (mask_weight > 0 and getattr(model, "seg", None) is not None)
+    aug = {"shift": getattr(tc, "aug_shift", 0.08), "speckle": getattr(tc, "aug_speckle", 0.15),
+           "gamma": tuple(getattr(tc, "aug_gamma", (0.75, 1.35)))}
     best: dict[str, Any] = {}
     best_state = None
     checks: list[dict[str, float]] = []
@@ -222,24 +240,8 @@ def fit(model: torch.nn.Module, train: Prepared, val: Prepared, tc: Any, batch_s
             tb = time.perf_counter()
             xb, yb, mb = train.batch(perm[b * bs:(b + 1) * bs], device)
             if g_aug is not None:
-                xb, mb = augment_fn(xb, mb, g_aug)
-            if need_all:
-                out = model.forward_all(xb)
-                logits = out["logits"]
-            else:
-                out, logits = None, model(xb)
-            loss = F.cross_entropy(logits, yb, weight=w)
-            if out is not None:
-                for a in out["aux"]:
-                    loss = loss + tc.aux_weight * F.cross_entropy(a, yb, weight=w)
-                if mask_weight > 0 and out["seg"] is not None and mb is not None:
-                    target = (F.adaptive_max_pool2d(mb, out["seg"].shape[-2:]) > 0).float()
-                    pos = target.sum()
-                    pw = ((target.numel() - pos) / pos.clamp_min(1.0)).clamp(1.0, 20.0)
-                    loss = loss + mask_weight * F.binary_cross_entropy_with_logits(out["seg"], target, pos_weight=pw)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+                xb, mb = augment_fn(xb, mb, g_aug, **aug)
+            loss = train_step(model, opt, xb, yb, mb, tc, w, mask_weight)
             it += 1
             seen += bs
             train_time += time.perf_counter() - tb
@@ -415,8 +417,13 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
               cfg.augment or "augment" in cfg.variants, cfg.train.mask_weight if mask else 0.0,
               log_prefix=f"train {arch} bs={batch}")
     model.load_state_dict(res.state)
+    from detectlab.fluid import baseline as B
+
+    ytr = allp.y[torch.as_tensor(tr)].numpy()
+    stored = {"train_fluid_share": float(ytr.mean()),
+              "dark_pockets_lr": B.fit_pocket_lr(B.features_of(allp.take(tr)), ytr, cfg.seed)}
     ck = save_checkpoint(run.checkpoints / "model.safetensors", model, SYSTEM, model_config(cfg, arch, prep, mask),
-                         val_accuracy=res.best_accuracy)
+                         val_accuracy=res.best_accuracy, baselines=stored)
     metrics = {"arch": arch, "batch": batch, "batch_ran": res.batch, "input_size": list(prep.size),
                "n_train": len(tr), "n_val": len(va), "grouped_by_subject": grouped,
                "train_subjects": sorted(set(ds.subjects[tr].tolist())), "val_subjects": sorted(set(ds.subjects[va].tolist())),
