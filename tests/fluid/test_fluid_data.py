@@ -2,6 +2,7 @@
 crop, augmentation, splits and bad input."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -238,7 +239,7 @@ def test_augment_has_no_wrap_around():
     yf, _ = D.augment(flips, None, g, shift=0.0, speckle=0.0, gamma=(1.0, 1.0))
     assert 10 < int((yf[:, 0, 0, -1] > 0.5).sum()) < 54  # about half the images flipped
     with pytest.raises(ValueError, match="generator on"):
-        D.check_generator(torch.Generator(device="meta"), torch.empty(1))
+        D.check_generator(SimpleNamespace(device=torch.device("cuda")), torch.empty(1))  # a CUDA generator, CPU data
 
 
 def test_holdout_is_grouped_and_falls_back_inside_one_subject():

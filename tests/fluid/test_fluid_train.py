@@ -176,7 +176,7 @@ def test_find_max_batch_cpu_measures_each_architecture_on_its_own():
     big, secs, info = find_max_batch("squeezenet", 48, CPU, cap=1024, budget_bytes=1 << 40)
     assert big == 1024 and info["per_image_bytes"] > 1e4 and secs > 0
     budget = int(info["fixed_bytes"] + 40 * info["per_image_bytes"])
-    peak = np.ones(700 * 2**20 // 8)  # a 700 MB peak in the calling process
+    peak = np.ones(400 * 2**20 // 8)  # a 400 MB peak in the calling process
     peak[::512] += 1
     b2, _, i2 = find_max_batch("squeezenet", 48, CPU, cap=1024, budget_bytes=budget)
     del peak
