@@ -201,3 +201,32 @@ def test_unknown_arch_is_bad_input(tmp_path, capsys):
     """Catches: an unknown architecture name ending in a traceback."""
     assert main(["fluid", "run", "--data", "builtin", "--out", str(tmp_path / "r"), "archs=['lenet']"]) == 2
     assert "lenet" in capsys.readouterr().err
+
+
+def test_below_baseline_compares_balanced_accuracy_on_the_same_input():
+    """Catches: below_baseline computed on another metric than balanced accuracy (a cell with a high
+    accuracy but chance balanced accuracy beats nothing), or against baselines of another input."""
+    from detectlab.fluid.experiment import mark_baselines
+
+    def cell(acc, bal, prep="retina-32x48"):
+        return {"accuracy": {"mean": acc}, "balanced_accuracy": {"mean": bal}, "prep": prep}
+
+    out = {"baselines": {"train90": {"retina-32x48": {"majority": cell(0.7, 0.5), "dark_pockets_lr": cell(0.8, 0.75)}}},
+           "designs": {"train90": {"a": {"8": cell(0.9, 0.6)}, "b": {"8": cell(0.6, 0.76)},
+                                   "c": {"8": cell(0.9, 0.9, "centre-224x224")}}}}
+    mark_baselines(out)
+    d = out["designs"]["train90"]
+    assert d["a"]["8"]["below_baseline"] is True and d["b"]["8"]["below_baseline"] is False
+    assert d["b"]["8"]["best_baseline"].startswith("dark_pockets_lr")
+    assert d["c"]["8"]["below_baseline"] is None  # no baseline on that input
+
+
+def test_youden_threshold():
+    """Catches: a threshold that does not maximise sensitivity + specificity, or one exactly on a score."""
+    from detectlab.fluid.train import youden_threshold
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.90, 0.91, 0.92, 0.95, 0.97, 0.99])  # all above 0.5, perfectly ranked
+    t = youden_threshold(y, p)
+    assert 0.92 < t < 0.95 and t == pytest.approx(0.935)
+    assert youden_threshold(np.array([1, 1]), np.array([0.2, 0.3])) == 0.5

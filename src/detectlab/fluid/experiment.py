@@ -38,7 +38,7 @@ from detectlab.fluid.config import DESIGNS, VARIANTS, Config
 from detectlab.fluid.data import (design_split, holdout, make_folds, prep_for, prepared, read_data,
                                   subjects_for)
 from detectlab.fluid.data import data_path as _data_path
-from detectlab.fluid.train import SYSTEM, fit, model_config, predict_probs, heldout_metrics
+from detectlab.fluid.train import SYSTEM, fit, heldout_metrics, model_config, predict_probs, youden_threshold
 
 #: the paper's Table II (train 90%) and Table III (train 10%): (batch, arch) -> (accuracy, sd, auc, sd)
 PAPER = {
@@ -110,7 +110,13 @@ def fold_unit(variant: str, design: str, arch: str, batch: int, fold: int, cfg_d
     test = allp.take(sp["test"])
     logits, y = predict_probs(model, test, device, cfg.train.eval_batch)
     prob = torch.softmax(logits, 1)[:, 1].numpy()
-    out = key | {"skipped": False, "batch_ran": res.batch, **heldout_metrics(y.numpy(), prob),
+    thr = 0.5
+    if cfg.selection == "inner":  # the decision threshold, too, comes from the inner validation split
+        vlog, vy = predict_probs(model, allp.take(sp["val"]), device, cfg.train.eval_batch)
+        thr = youden_threshold(vy.numpy(), torch.softmax(vlog, 1)[:, 1].numpy())
+    out = key | {"skipped": False, "batch_ran": res.batch, **heldout_metrics(y.numpy(), prob, thr),
+                 "threshold": thr, "at_0.5": heldout_metrics(y.numpy(), prob),
+                 "test_pred": (prob >= thr).astype(int).tolist(),
                  "val_accuracy": res.best_accuracy, "val_auc": res.best_auc, "val_loss": res.best_loss,
                  "iterations_to_best": res.iterations_to_best, "iterations": res.iterations, "epochs": res.epochs,
                  "stopped_early": res.stopped_early, "n_train": int(len(sp["train"])), "n_fit": int(len(sp["fit"])),
@@ -156,9 +162,16 @@ def baseline_unit(design: str, fold: int, arch: str, denoise: bool, cfg_dict: di
     y = allp.y.numpy()
     tr, te = sp["train"], sp["test"]
     out = {"design": design, "fold": fold, "prep": prep_key(prep), "test_index": te.tolist(), "test_y": y[te].tolist()}
-    for name, prob in (("majority", B.majority_scores(y[tr], len(te))),
-                       ("dark_pockets_lr", B.pocket_scores(f[tr], y[tr], f[te], cfg.seed))):
-        out[name] = heldout_metrics(y[te], prob) | {"test_prob": np.asarray(prob, float).tolist()}
+    if cfg.selection == "inner":  # as the networks: fitted on the fitting part, threshold from the inner split
+        params = B.fit_pocket_lr(f[sp["fit"]], y[sp["fit"]], cfg.seed)
+        lr_thr = youden_threshold(y[sp["val"]], B.apply_pocket_lr(params, f[sp["val"]]))
+        lr_prob = B.apply_pocket_lr(params, f[te])
+    else:
+        lr_thr, lr_prob = 0.5, B.pocket_scores(f[tr], y[tr], f[te], cfg.seed)
+    for name, prob, thr in (("majority", B.majority_scores(y[tr], len(te)), 0.5), ("dark_pockets_lr", lr_prob, lr_thr)):
+        prob = np.asarray(prob, float)
+        out[name] = heldout_metrics(y[te], prob, thr) | {"test_prob": prob.tolist(), "threshold": thr,
+                                                         "test_pred": (prob >= thr).astype(int).tolist()}
     return out
 
 
@@ -286,12 +299,15 @@ def _finite(values) -> list[float]:
     return [float(v) for v in values if v is not None and np.isfinite(v)]
 
 
-def pooled(rows: list[dict], prob_key: str = "test_prob") -> dict[str, float]:
-    """AUC and balanced accuracy of every held-out prediction of the rows, pooled."""
+def pooled(rows: list[dict]) -> dict[str, float]:
+    """Every held-out prediction of the rows pooled: the AUC of the probabilities, and balanced accuracy,
+    sensitivity, specificity of the decisions (each fold's own threshold; 0.5 when none is recorded)."""
     y = np.concatenate([np.asarray(r["test_y"]) for r in rows])
-    p = np.concatenate([np.asarray(r[prob_key]) for r in rows])
-    m = heldout_metrics(y, p)
-    return {"auc": m["auc"], "balanced_accuracy": m["balanced_accuracy"], "sensitivity": m["sensitivity"],
+    p = np.concatenate([np.asarray(r["test_prob"]) for r in rows])
+    d = np.concatenate([np.asarray(r["test_pred"]) if "test_pred" in r else (np.asarray(r["test_prob"]) >= 0.5)
+                        for r in rows]).astype(float)
+    m = heldout_metrics(y, d, 0.5)
+    return {"auc": roc_auc(y, p), "balanced_accuracy": m["balanced_accuracy"], "sensitivity": m["sensitivity"],
             "specificity": m["specificity"], "n": int(len(y))}
 
 
@@ -338,7 +354,8 @@ def summarise(cfg: Config, res: dict[str, dict], k: int, n_images: int) -> dict[
             "n_val": float(np.mean([r["n_val"] for r in rows])), "n_test": float(np.mean([r["n_test"] for r in rows])),
             "inner_grouped": all(r["inner_grouped"] for r in rows), "seconds": float(sum(r["seconds"] for r in rows)),
             "images_per_s": float(np.mean([r["images_per_s"] for r in rows])), "relabelled": rows[0]["relabelled"],
-            "paper_params_m": get_arch(arch).paper_params_m}
+            "paper_params_m": get_arch(arch).paper_params_m,
+            "threshold": float(np.mean([r.get("threshold", 0.5) for r in rows]))}
         sal = [r["saliency"] for r in rows if r.get("saliency", {}).get("n", 0) > 0]
         if sal:
             n = sum(s["n"] for s in sal)
@@ -414,9 +431,10 @@ COLUMNS = ["kind", "variant", "batch", "batch_ran", "architecture", "input", "ac
 def tables(run: Run, cfg: Config, metrics: dict) -> None:
     names = {"train90": ("table2_train90", "Table II: held-out mean (SD) across folds, train set = 90%"),
              "train10": ("table3_train10", "Table III: held-out mean (SD) across folds, train set = 10%")}
-    sel = ("model chosen on the held-out fold itself (the paper's rule): OPTIMISTIC" if cfg.selection == "test" else
-           f"early stopping and model choice on {cfg.inner_val:.0%} of the training subjects; the held-out fold is "
-           "scored once")
+    sel = ("model chosen on the held-out fold itself (the paper's rule): OPTIMISTIC; threshold 0.5"
+           if cfg.selection == "test" else
+           f"early stopping, model choice and the decision threshold (Youden's J) on {cfg.inner_val:.0%} of the "
+           "training subjects, for the networks and the dark-pocket baseline alike; the held-out fold is scored once")
     skipped = sorted({f"{s['design']} {s['arch']} batch {s['batch']} ({s['reason']})" for s in metrics["skipped"]})
     for design in cfg.designs:
         if design not in metrics["designs"] and not any(design in v["designs"] for v in metrics.get("variants", {}).values()):

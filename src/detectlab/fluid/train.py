@@ -148,6 +148,24 @@ def heldout_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> 
             "sensitivity": sens, "specificity": spec, "n": int(len(y)), "n_fluid": int(y.sum())}
 
 
+def youden_threshold(y: np.ndarray, prob: np.ndarray) -> float:
+    """The probability threshold (predict fluid at or above it) that maximises sensitivity + specificity on
+    (y, prob), half-way to the next lower score; 0.5 when y has one class only."""
+    y, prob = np.asarray(y).astype(int), np.asarray(prob, dtype=float)
+    if np.unique(y).size < 2:
+        return 0.5
+    cand = np.unique(prob)[::-1]  # descending
+    best_j, best_i = -np.inf, 0
+    for i, t in enumerate(cand):
+        pred = prob >= t
+        j = pred[y == 1].mean() + (~pred[y == 0]).mean()
+        if j > best_j + 1e-12:
+            best_j, best_i = j, i
+    t = cand[best_i]
+    below = cand[best_i + 1] if best_i + 1 < len(cand) else max(t - 1e-3, 0.0)
+    return float((t + below) / 2)
+
+
 def _better(select_by: str, va: float, vauc: float, vl: float, best: dict) -> bool:
     if not best:
         return True
