@@ -222,10 +222,13 @@ def check_iterations(steps: int, tc: Any) -> set[int] | None:
 
 
 def fit(model: torch.nn.Module, train: Prepared, val: Prepared, tc: Any, batch_size: int, device: torch.device,
-        seed: int = 0, augment: bool = False, mask_weight: float = 0.0, log_prefix: str = "") -> FitResult:
+        seed: int = 0, augment: bool = False, mask_weight: float = 0.0, log_prefix: str = "",
+        check_at_end: bool = True) -> FitResult:
     """Train `model` (fresh optimizer and early stopping here) and return the best check's state.
 
     Batches larger than the training part are refused (InputError); the caller skips such batch sizes.
+    When no check fell within the iterations (val_every larger than them), the final state is checked
+    (``check_at_end``) or, without it, returned unchecked (the benchmark: the training loop alone).
     """
     model.to(device)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], tc)
@@ -279,6 +282,10 @@ def fit(model: torch.nn.Module, train: Prepared, val: Prepared, tc: Any, batch_s
                     break
         if stopped:
             break
+    if best_state is None and not check_at_end:
+        nan = float("nan")
+        best = {"iteration": it, "val_loss": nan, "val_accuracy": nan, "val_auc": nan}
+        best_state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}  # training is over: no copy
     if best_state is None:  # no check ran (fewer iterations than val_every): check the final state
         if recal:
             recalibrate_bn(model, train, device, getattr(tc, "bn_images", 256), tc.eval_batch)
