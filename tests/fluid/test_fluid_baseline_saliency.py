@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detectlab.fluid import baseline as B
-from detectlab.fluid.saliency import gradcam, peak_in_mask
+from detectlab.fluid.saliency import gradcam, peak_in_mask, saliency_on
 
 
 def _bscan(pocket: bool, seed: int = 0, top: int = 20) -> np.ndarray:
@@ -94,3 +94,36 @@ def test_peak_in_mask_hits_chance_and_empty_maps():
     assert hit.tolist() == [True, False, False]
     assert chance.tolist() == pytest.approx([0.1, 0.1, 0.1])
     assert peak[:2].tolist() == [[1, 2], [3, 4]]
+
+
+class Cam1(torch.nn.Module):
+    """One-channel version for grey inputs: the feature map is the input itself, the fluid margin its mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.training = True
+
+    def forward_all(self, x):
+        f = x * 1.0
+        m = f[:, 0].mean((1, 2))
+        return {"features": f, "logits": torch.stack([-m, m], 1), "aux": [], "seg": None}
+
+
+def test_saliency_on_counts_the_fluid_bscans_in_view():
+    """Catches: B-scans without fluid in view counted, hits that are not at the peak, a chance level that is
+    not the mean fluid share, batches that drop B-scans, and a model left in eval mode afterwards."""
+    from detectlab.fluid.data import Prepared
+
+    x = torch.zeros(5, 1, 6, 8, dtype=torch.uint8)
+    m = torch.zeros(5, 1, 6, 8, dtype=torch.uint8)
+    for i in range(4):
+        x[i, 0, 1 + i, 2] = 200  # the brightest pixel is the saliency peak
+        m[i, 0, 1, 2] = 255  # fluid at (1, 2): a hit only for B-scan 0
+    m[1, 0, 2, 2] = 255  # B-scan 1 also has fluid at its peak (2, 2)
+    model = Cam1()
+    out = saliency_on(model, Prepared(x, torch.tensor([1, 1, 1, 1, 0]), m), torch.device("cpu"), batch=3)
+    assert out["n"] == 4 and out["index"] == [0, 1, 2, 3] and out["hit"] == [1, 1, 0, 0]
+    assert out["hits"] == 2 and out["share"] == 0.5
+    assert out["chance"] == pytest.approx((1 + 2 + 1 + 1) / 4 / 48)
+    assert model.training  # restored
+    assert saliency_on(model, Prepared(x, torch.zeros(5, dtype=torch.long)), torch.device("cpu")) == {"n": 0}

@@ -115,3 +115,23 @@ def all_figures(run: Any, metrics: dict, curves: dict | None = None) -> None:
     for design, c in (curves or {}).items():
         roc_figure(run, design, c["cells"], c["baselines"])
     saliency_figure(run, metrics.get("saliency", {}))
+
+
+def overlay_png(path: Any, image: np.ndarray, cam: np.ndarray, title: str = "") -> None:
+    """A small PNG: the input B-scan in grey with the saliency in colour on top, its peak marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = image.shape
+    fig, ax = plt.subplots(figsize=(max(2.5, 5 * w / max(h, w)), max(2.0, 5 * h / max(h, w)) + 0.3))
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(cam, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    ax.plot([c], [r], "w+", markersize=12, markeredgewidth=2)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)

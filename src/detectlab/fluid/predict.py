@@ -109,7 +109,8 @@ def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Na
     from detectlab.core.runs import open_run, write_json
     from detectlab.core.runtime import choose_device
     from detectlab.fluid.data import Prep, crop_box, preprocess, remove_wedge
-    from detectlab.fluid.saliency import gradcam, overlay_png
+    from detectlab.fluid.figures import overlay_png
+    from detectlab.fluid.saliency import gradcam
     from detectlab.fluid.train import load_model
 
     folder, _ = open_run(model_run)

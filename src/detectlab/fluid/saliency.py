@@ -67,23 +67,3 @@ def saliency_on(model: torch.nn.Module, prep: Any, device: torch.device, batch: 
     h, c = np.concatenate(hits), np.concatenate(chance)
     return {"n": int(len(h)), "hits": int(h.sum()), "share": float(h.mean()), "chance": float(c.mean()),
             "index": idx.tolist(), "hit": h.astype(int).tolist()}
-
-
-def overlay_png(path: Any, image: np.ndarray, cam: np.ndarray, title: str = "") -> None:
-    """A small PNG: the input B-scan in grey with the saliency in colour on top, its peak marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    h, w = image.shape
-    fig, ax = plt.subplots(figsize=(max(2.5, 5 * w / max(h, w)), max(2.0, 5 * h / max(h, w)) + 0.3))
-    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-    ax.imshow(cam, cmap="jet", alpha=0.35, vmin=0, vmax=1)
-    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    ax.plot([c], [r], "w+", markersize=12, markeredgewidth=2)
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
