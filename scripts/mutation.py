@@ -44,6 +44,8 @@ TESTS: dict[str, list[str]] = {
     "src/detectlab/violence/strategy.py": ["tests/violence/test_violence_fl.py"],
     "src/detectlab/violence/partition.py": ["tests/violence/test_violence_partition.py"],
     "src/detectlab/lesions/cocoeval.py": ["tests/lesions/test_lesions_cocoeval.py"],
+    "src/detectlab/fluid/baseline.py": ["tests/fluid/test_fluid_baseline_saliency.py"],
+    "src/detectlab/fluid/saliency.py": ["tests/fluid/test_fluid_baseline_saliency.py"],
 }
 KILLED = {"killed", "timeout"}
 

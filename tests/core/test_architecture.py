@@ -25,12 +25,13 @@ KNOWN_CYCLES: dict[str, set[frozenset[str]]] = {
     "adversarial": {frozenset({"experiment", "train"})},
     "seizure": set(),
     "violence": {frozenset({"experiment", "server_app"})},
-    "fluid": {frozenset({"experiment", "train"})},
+    "fluid": set(),
     "lesions": {frozenset({"experiment", "figures", "train"})},
 }
 #: Upward imports that exist today and are being removed with the cycles (same rule: must become empty).
 KNOWN_UPWARD: dict[str, list[str]] = {s: ["train -> experiment"] for s in SYSTEMS}
 KNOWN_UPWARD["seizure"] = []
+KNOWN_UPWARD["fluid"] = []
 
 
 def _imports(path: Path, package: str) -> set[str]:

@@ -1,4 +1,4 @@
-"""OCT B-scan readers, label derivation and preprocessing.
+"""OCT B-scan readers, label derivation, preprocessing, augmentation, splits and data preparation.
 
 Accepted layouts (``load_dataset`` picks by what the folder holds):
 
@@ -9,19 +9,28 @@ Accepted layouts (``load_dataset`` picks by what the folder holds):
    to the CSV), and ``label`` (fluid / no_fluid; also normal, 1/0) and/or ``mask`` (an image whose pixels
    > 127 are fluid: the label is derived from it when ``label`` is absent); optional ``subject``.
    A folder holding one such dataset folder (e.g. ``oct/`` holding ``duke_dme_chiu2015/``) also works.
-3. **Class per folder** (Kermany OCT2017): ``<root>/<class>/*.jpeg|png|tif`` (or ``<root>/train/<class>``);
-   fluid classes: fluid, CNV, DME; fluid-free classes: no_fluid, normal, DRUSEN.
+3. **Class per folder** (Kermany OCT2017): ``<root>/<class>/*.jpeg|png|tif``, and ``<root>/train|test|val/
+   <class>/`` (all splits are read); fluid classes: fluid, CNV, DME; fluid-free: no_fluid, normal, DRUSEN.
+   These images are read lazily (one batch at a time), never all at once.
 
-Images are kept as uint8 grey arrays; ``to_tensor`` does the paper's preprocessing (optional resize of
-the shorter side, centre crop to the model's input size, rescale to [-1, 1]) for the whole set at once.
+Fluid masks are kept (native resolution, only for B-scans with fluid) wherever the layout has them, so
+the label of a B-scan is derived from the region the network actually sees (``prepare``).
+
+Preprocessing (``Prep``) maps every B-scan to a box in its native pixels, then scales the box to the
+network's input: ``centre`` is the paper's centre crop (after an optional shorter-side resize), ``retina``
+is the retina band (rows centred on the retina's intensity centroid, the white registration wedge set to
+background first). The prepared set is uint8 (N, 1, H, W); ``Prepared.batch`` gives float [0, 1] batches
+on the device, and the model normalises them with its weights' mean and SD.
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,29 +41,64 @@ from detectlab.core.errors import InputError
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 POSITIVE = {"fluid", "cnv", "dme", "1", "true", "yes"}
 NEGATIVE = {"no_fluid", "nofluid", "normal", "drusen", "0", "false", "no"}
+KERMANY_SPLITS = ("train", "test", "val")
+_KERMANY_NAME = re.compile(r"^[A-Za-z]+-(\d+)-\d+")
 
 #: MetaImage element types we read (scalar grey levels)
 MET_TYPES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
              "MET_FLOAT": 4, "MET_DOUBLE": 8}
 
 
+class LazyImages(Sequence):
+    """A sequence of B-scans read from their files on access (a large set is never held in memory)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [read_image(p) for p in self.paths[i]]
+        return read_image(self.paths[i])
+
+
 @dataclass
 class BScans:
-    """N grey B-scans (a list of uint8 (H, W) arrays), labels (1 = fluid) and subjects."""
+    """N grey B-scans (uint8 (H, W) arrays, in memory or lazy), labels (1 = fluid), subjects, masks."""
 
-    images: list[np.ndarray]
+    images: Sequence[np.ndarray]
     labels: np.ndarray
     subjects: np.ndarray
     names: list[str]
     source: str = ""
     groups_known: bool = True
+    #: per B-scan: a bool (H, W) fluid mask, or None (no fluid, or no mask known); None: no masks at all
+    masks: list[np.ndarray | None] | None = None
+    #: per B-scan: the MetaImage volume it came from and its slice index ("" / -1 for 2-D images)
+    volumes: list[str] = field(default_factory=list)
+    slices: list[int] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def lazy(self) -> bool:
+        return isinstance(self.images, LazyImages)
+
     def counts(self) -> dict[str, int]:
         return {"fluid": int(self.labels.sum()), "no_fluid": int((self.labels == 0).sum())}
+
+    def subset(self, idx: Sequence[int]) -> "BScans":
+        idx = [int(i) for i in idx]
+        imgs = LazyImages([self.images.paths[i] for i in idx]) if self.lazy else [self.images[i] for i in idx]
+        return replace(self, images=imgs, labels=self.labels[idx], subjects=self.subjects[idx],
+                       names=[self.names[i] for i in idx],
+                       masks=None if self.masks is None else [self.masks[i] for i in idx],
+                       volumes=[self.volumes[i] for i in idx] if self.volumes else [],
+                       slices=[self.slices[i] for i in idx] if self.slices else [])
 
 
 # ---------------------------------------------------------------- MetaImage
@@ -146,21 +190,35 @@ def load_volume_pair(oct_path: Path, ref_path: Path) -> tuple[np.ndarray, np.nda
     return to_uint8(vol), mask
 
 
+def volume_bscans(vol: np.ndarray, mask: np.ndarray | None, name: str) -> BScans:
+    """The B-scans of one volume (z, y, x) as a BScans (subject = volume name)."""
+    z = len(vol)
+    lab = slice_labels(mask) if mask is not None else np.zeros(z, np.int64)
+    masks = None if mask is None else [(mask[i] > 0) if lab[i] else None for i in range(z)]
+    return BScans(list(vol), lab, np.asarray([name] * z), [f"{name}[{i}]" for i in range(z)], name, True,
+                  masks, [name] * z, list(range(z)))
+
+
+def concat(parts: list[BScans], source: str, groups_known: bool = True) -> BScans:
+    masks: list | None = []
+    for p in parts:
+        masks = None if (masks is None or p.masks is None) else masks + p.masks
+    return BScans([im for p in parts for im in p.images], np.concatenate([p.labels for p in parts]),
+                  np.concatenate([p.subjects for p in parts]), [n for p in parts for n in p.names], source,
+                  groups_known, masks, [v for p in parts for v in p.volumes], [s for p in parts for s in p.slices])
+
+
 def load_retouch(root: Path) -> BScans:
-    octs = sorted(root.rglob("oct.mhd"))
-    images, labels, subjects, names = [], [], [], []
-    for o in octs:
+    parts = []
+    for o in sorted(root.rglob("oct.mhd")):
         ref = o.parent / "reference.mhd"
         if not ref.exists():
             raise InputError(o.parent, "oct.mhd without reference.mhd", "the RETOUCH layout: oct.mhd + reference.mhd")
         vol, mask = load_volume_pair(o, ref)
-        lab = slice_labels(mask)
-        images += list(vol)
-        labels.append(lab)
-        subj = o.parent.name
-        subjects += [subj] * len(vol)
-        names += [f"{subj}/{i}" for i in range(len(vol))]
-    return BScans(images, np.concatenate(labels), np.asarray(subjects), names, str(root))
+        part = volume_bscans(vol, mask, o.parent.name)
+        part.names = [f"{o.parent.name}/{i}" for i in range(len(vol))]
+        parts.append(part)
+    return concat(parts, str(root))
 
 
 # ---------------------------------------------------------------- 2-D images
@@ -205,52 +263,65 @@ def load_labels_csv(csv_path: Path) -> BScans:
     cols = set(rows[0])
     if "image" not in cols or not ({"label", "mask"} & cols):
         raise InputError(csv_path, f"columns {sorted(cols)}", "columns image, label and/or mask, optional subject")
-    images, labels, subjects, names = [], [], [], []
+    has_masks = "mask" in cols and all(r.get("mask") for r in rows)
+    images, labels, subjects, names, masks = [], [], [], [], []
     for i, r in enumerate(rows, start=2):
         p = root / r["image"]
         img = read_image(p)
+        m = None
         if r.get("mask"):
             mp = root / r["mask"]
-            m = read_image(mp)
+            m = read_image(mp) > 127
             if m.shape != img.shape:
                 raise InputError(mp, f"mask shape {m.shape} differs from the image's {img.shape}",
                                  "a mask of the same size as its B-scan")
-            derived = int(mask_has_fluid(m))
-        else:
-            derived = None
+        derived = None if m is None else int(m.any())
         lab = _norm_label(r["label"], f"{csv_path}:{i}") if r.get("label") else derived
         if lab is None:
             raise InputError(f"{csv_path}:{i}", "row has neither a label nor a mask", "label or mask")
+        if derived is not None and derived != lab:
+            raise InputError(f"{csv_path}:{i}", f"label '{r['label']}' contradicts its mask {r['mask']} "
+                                                 f"({'has' if derived else 'has no'} fluid pixels)",
+                             "a label that agrees with the mask (or no label column)")
         images.append(img)
         labels.append(lab)
+        masks.append(m if (m is not None and m.any()) else None)
         subjects.append(r.get("subject") or r["image"])
         names.append(r["image"])
     known = "subject" in cols
-    return BScans(images, np.asarray(labels, np.int64), np.asarray(subjects), names, str(csv_path), known)
+    return BScans(images, np.asarray(labels, np.int64), np.asarray(subjects), names, str(csv_path), known,
+                  masks if has_masks else None)
 
 
 def _class_folders(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and d.name.lower() in POSITIVE | NEGATIVE)
 
 
+def _class_roots(root: Path) -> list[Path]:
+    """The folders holding class folders: root itself and/or its train/test/val splits (Kermany)."""
+    roots = [root] if _class_folders(root) else []
+    roots += [root / s for s in KERMANY_SPLITS if (root / s).is_dir() and _class_folders(root / s)]
+    return roots
+
+
 def load_class_folders(root: Path) -> BScans:
-    if (root / "train").is_dir() and not _class_folders(root):
-        root = root / "train"
-    images, labels, subjects, names = [], [], [], []
-    for d in _class_folders(root):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXT)
-        if not files:
-            raise InputError(d, "empty class folder", "B-scan images (.png/.jpeg/.tif) in every class folder")
-        lab = _norm_label(d.name, str(d))
-        for f in files:
-            images.append(read_image(f))
-            labels.append(lab)
-            # Kermany names: CNV-<patient>-<n>.jpeg; the patient id groups the splits
-            m = re.match(r"^[A-Za-z]+-(\d+)-\d+", f.stem)
-            subjects.append(m.group(1) if m else f.stem)
-            names.append(f"{d.name}/{f.name}")
-    known = all(re.match(r"^[A-Za-z]+-(\d+)-\d+", Path(n).stem) for n in names)
-    return BScans(images, np.asarray(labels, np.int64), np.asarray(subjects), names, str(root), known)
+    """Kermany-style class folders (all of train/test/val); images are read lazily, one batch at a time."""
+    paths, labels, subjects, names = [], [], [], []
+    for base in _class_roots(root):
+        for d in _class_folders(base):
+            files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXT)
+            if not files:
+                raise InputError(d, "empty class folder", "B-scan images (.png/.jpeg/.tif) in every class folder")
+            lab = _norm_label(d.name, str(d))
+            for f in files:
+                paths.append(f)
+                labels.append(lab)
+                # Kermany names: CNV-<patient>-<n>.jpeg; the patient id groups the splits
+                m = _KERMANY_NAME.match(f.stem)
+                subjects.append(m.group(1) if m else f.stem)
+                names.append(str(f.relative_to(root)))
+    known = all(_KERMANY_NAME.match(Path(n).stem) for n in names)
+    return BScans(LazyImages(paths), np.asarray(labels, np.int64), np.asarray(subjects), names, str(root), known)
 
 
 def load_dataset(path: Path) -> BScans:
@@ -264,7 +335,7 @@ def load_dataset(path: Path) -> BScans:
         ds = load_labels_csv(path / "labels.csv")
     elif any(path.rglob("oct.mhd")):
         ds = load_retouch(path)
-    elif _class_folders(path) or ((path / "train").is_dir() and _class_folders(path / "train")):
+    elif _class_roots(path):
         ds = load_class_folders(path)
     else:
         subs = [d for d in sorted(path.iterdir()) if d.is_dir() and (d / "labels.csv").is_file()]
@@ -281,43 +352,203 @@ def load_dataset(path: Path) -> BScans:
 
 
 # ---------------------------------------------------------------- preprocessing
-def _stack_same_shape(images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Group image indices by shape: [(indices, stacked uint8 array)]."""
-    shapes: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-        shapes.setdefault(im.shape, []).append(i)
-    return [(np.asarray(idx), np.stack([images[i] for i in idx])) for idx in shapes.values()]
+@dataclass(frozen=True)
+class Prep:
+    """How a B-scan becomes the network's input: a box in native pixels, scaled to (rows, cols)."""
+
+    crop: str = "centre"  # "centre" (the paper) or "retina" (the retina band)
+    size: tuple[int, int] = (224, 224)  # network input (rows, cols)
+    resize: int = 0  # centre: the shorter side is scaled to this before the crop (0: no scaling)
+    band_rows: float = 0.52  # retina: band height / B-scan height
+    band_cols: float = 0.84  # retina: band width / B-scan width
+    denoise: bool = False  # 3x3 median filter of the native box (beyond the paper)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"crop": self.crop, "size": list(self.size), "resize": self.resize, "band_rows": self.band_rows,
+                "band_cols": self.band_cols, "denoise": self.denoise}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Prep":
+        return cls(d.get("crop", "centre"), tuple(int(v) for v in d["size"]), int(d.get("resize", 0)),
+                   float(d.get("band_rows", 0.52)), float(d.get("band_cols", 0.84)), bool(d.get("denoise", False)))
+
+    def min_image_side(self) -> tuple[int, int]:
+        """Images smaller than this (rows, cols) are refused: they would be blown up from a few pixels."""
+        if self.crop == "retina":
+            return max(2, self.size[0] // 2), max(2, self.size[1] // 2)
+        side = max(2, (self.resize or min(self.size)) // 2)
+        return side, side
 
 
-def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre crop (N, C, H, W) to size x size; zero-pads (in the output scale) when the image is smaller."""
-    h, w = x.shape[-2:]
-    ph, pw = max(0, size - h), max(0, size - w)
-    if ph or pw:
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=-1.0)
-        h, w = x.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
+def remove_wedge(img: np.ndarray, level: int = 250, min_area: int = 50) -> np.ndarray:
+    """The white registration wedge (saturated regions touching the border) set to the background level."""
+    from scipy import ndimage as ndi
+
+    sat = img >= level
+    if not sat.any():
+        return img
+    lab, n = ndi.label(sat)
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    edge = edge[edge > 0]
+    if edge.size == 0:
+        return img
+    areas = ndi.sum_labels(np.ones_like(lab), lab, edge)
+    wedge = np.isin(lab, edge[areas >= min_area])
+    if not wedge.any():
+        return img
+    out = img.copy()
+    rest = img[~wedge]
+    out[wedge] = np.uint8(np.percentile(rest, 10)) if rest.size else 0
+    return out
 
 
-def to_tensor(images: list[np.ndarray], size: int, resize: int = 0, denoise: bool = False) -> torch.Tensor:
-    """The paper's preprocessing for a whole set: (N, 1, size, size) float32 in [-1, 1].
+def retina_centre_row(img: np.ndarray) -> float:
+    """The intensity centroid row of the retina: brightness above the median row profile, squared."""
+    from scipy import ndimage as ndi
 
-    resize > 0 first scales each image so its shorter side is `resize` px (0: no scaling, as in the
-    paper). denoise applies a 3x3 median filter (an option beyond the paper).
+    h, w = img.shape
+    c0, c1 = int(w * 0.13), max(int(w * 0.87), int(w * 0.13) + 1)
+    prof = ndi.gaussian_filter1d(img[:, c0:c1].astype(np.float32).mean(1), max(1.0, h / 120))
+    wgt = np.clip(prof - np.median(prof), 0, None) ** 2
+    return float((wgt * np.arange(h)).sum() / wgt.sum()) if wgt.sum() > 0 else h / 2
+
+
+def crop_box(img: np.ndarray, prep: Prep) -> tuple[int, int, int, int]:
+    """(top, left, rows, cols) of the region the network sees, in native pixels (may reach past the edges)."""
+    h, w = img.shape
+    if prep.crop == "retina":
+        rows, cols = max(1, round(h * prep.band_rows)), max(1, round(w * prep.band_cols))
+        top = int(round(retina_centre_row(img) - rows / 2))
+        top = min(max(top, 0), max(h - rows, 0))
+        return top, (w - cols) // 2, rows, cols
+    s = prep.resize / min(h, w) if prep.resize > 0 else 1.0
+    rows, cols = max(1, round(prep.size[0] / s)), max(1, round(prep.size[1] / s))
+    return (h - rows) // 2, (w - cols) // 2, rows, cols
+
+
+def _take(a: np.ndarray, top: int, left: int, rows: int, cols: int, fill: int) -> np.ndarray:
+    """a[top:top+rows, left:left+cols], padded with `fill` where the box leaves the array."""
+    h, w = a.shape
+    out = np.full((rows, cols), fill, a.dtype)
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + rows, h), min(left + cols, w)
+    if y1 > y0 and x1 > x0:
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = a[y0:y1, x0:x1]
+    return out
+
+
+def _scale(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area/bilinear (antialiased) scaling of a uint8 (H, W) array to `size` (rows, cols)."""
+    if a.shape == tuple(size):
+        return a
+    t = torch.from_numpy(a).float()[None, None]
+    t = F.interpolate(t, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return t[0, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def median3_np(a: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import median_filter
+
+    return median_filter(a, size=3, mode="nearest")
+
+
+def preprocess(img: np.ndarray, mask: np.ndarray | None, prep: Prep, name: str = "image"
+               ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+    """One B-scan -> (uint8 input (rows, cols), mask share per input pixel 0-255 or None, label of the box).
+
+    The label is 1 when the mask has any fluid pixel inside the box the network sees (None without a mask).
     """
-    out = torch.empty(len(images), 1, size, size)
-    for idx, arr in _stack_same_shape(images):
-        x = torch.from_numpy(arr).float().unsqueeze(1).div_(127.5).sub_(1.0)
-        if denoise:
-            x = median3(x)
-        if resize > 0:
-            h, w = x.shape[-2:]
-            s = resize / min(h, w)
-            x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
-                              antialias=True, align_corners=False)
-        out[torch.from_numpy(idx)] = centre_crop(x, size)
-    return out.clamp_(-1, 1)
+    h, w = img.shape
+    rmin, cmin = prep.min_image_side()
+    if h < rmin or w < cmin:
+        raise InputError(name, f"image is {h}x{w} px, much smaller than the network input "
+                               f"{prep.size[0]}x{prep.size[1]}", f"a B-scan of at least {rmin}x{cmin} px")
+    if prep.crop == "retina":
+        img = remove_wedge(img)
+    top, left, rows, cols = crop_box(img, prep)
+    fill = int(np.percentile(img, 10)) if prep.crop == "retina" else 0
+    box = _take(img, top, left, rows, cols, fill)
+    if prep.denoise:
+        box = median3_np(box)
+    x = _scale(box, prep.size)
+    if mask is None:
+        return x, None, None
+    mb = _take(mask.astype(np.uint8) * 255, top, left, rows, cols, 0)
+    return x, _scale(mb, prep.size), int(mb.any())
+
+
+@dataclass
+class Prepared:
+    """B-scans ready for a network: uint8 (N, 1, rows, cols) inputs (or a lazy reader), labels, mask shares."""
+
+    x: torch.Tensor | None
+    y: torch.Tensor
+    m: torch.Tensor | None = None  # uint8 (N, 1, rows, cols) share of fluid per input pixel, 0-255
+    lazy: tuple | None = None  # (BScans, Prep) for sets read one batch at a time
+    relabelled: int = 0  # labels changed because the box holds none of the B-scan's fluid
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, idx: Any) -> "Prepared":
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        if self.lazy is not None:
+            ds, prep = self.lazy
+            return Prepared(None, self.y[idx], None, (ds.subset(idx.tolist()), prep))
+        return Prepared(self.x[idx], self.y[idx], None if self.m is None else self.m[idx])
+
+    def batch(self, idx: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(float inputs in [0, 1], labels, float mask shares or None) of the rows `idx`, on `device`."""
+        if self.lazy is not None:
+            ds, prep = self.lazy
+            ii = [int(i) for i in (idx.tolist() if torch.is_tensor(idx) else idx)]
+            xs = [preprocess(ds.images[i], None, prep, ds.names[i])[0] for i in ii]
+            x = torch.from_numpy(np.stack(xs))[:, None]
+            y = self.y[torch.as_tensor(ii)]
+            m = None
+        else:
+            x, y = self.x[idx], self.y[idx]
+            m = None if self.m is None else self.m[idx]
+        x = x.to(device, non_blocking=True).float().div_(255.0)
+        m = None if m is None else m.to(device, non_blocking=True).float().div_(255.0)
+        return x, y.to(device, non_blocking=True), m
+
+
+def prepare(ds: BScans, prep: Prep, idx: Sequence[int] | None = None) -> Prepared:
+    """Preprocess the B-scans `idx` (all by default): in memory as uint8, or lazily for a lazy set."""
+    idx = list(range(len(ds))) if idx is None else [int(i) for i in idx]
+    if ds.lazy:
+        sub = ds.subset(idx)
+        return Prepared(None, torch.from_numpy(sub.labels.copy()), None, (sub, prep))
+    xs, ms, ys, changed = [], [], [], 0
+    for i in idx:
+        mask = ds.masks[i] if ds.masks is not None else None
+        x, m, lab = preprocess(ds.images[i], mask, prep, ds.names[i])
+        if ds.masks is not None:
+            lab = 0 if lab is None else lab
+            changed += int(lab != ds.labels[i])
+            ms.append(m if m is not None else np.zeros(prep.size, np.uint8))
+        else:
+            lab = int(ds.labels[i])
+        xs.append(x)
+        ys.append(lab)
+    x = torch.from_numpy(np.stack(xs))[:, None]
+    m = torch.from_numpy(np.stack(ms))[:, None] if ms else None
+    return Prepared(x, torch.as_tensor(ys, dtype=torch.long), m, None, changed)
+
+
+def region_labels(ds: BScans, prep: Prep) -> np.ndarray:
+    """The label of every B-scan from the region the network sees (the dataset's labels without masks)."""
+    if ds.masks is None:
+        return ds.labels.copy()
+    out = ds.labels.copy()
+    for i, m in enumerate(ds.masks):
+        if m is None:
+            out[i] = 0
+            continue
+        top, left, rows, cols = crop_box(remove_wedge(ds.images[i]) if prep.crop == "retina" else ds.images[i],
+                                         prep)
+        out[i] = int(_take(m.astype(np.uint8), top, left, rows, cols, 0).any())
+    return out
 
 
 def median3(x: torch.Tensor) -> torch.Tensor:
@@ -328,13 +559,158 @@ def median3(x: torch.Tensor) -> torch.Tensor:
     return patches.median(dim=1).values.view(n, c, h, w)
 
 
-def augment(x: torch.Tensor, g: torch.Generator, shift: int = 8) -> torch.Tensor:
-    """Simple augmentation (beyond the paper): random horizontal flip, shift up to `shift` px, contrast +-10%."""
-    n = x.shape[0]
-    flip = torch.rand(n, generator=g) < 0.5
-    x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
+def check_generator(g: torch.Generator, x: torch.Tensor) -> None:
+    """A random draw must come from a generator on the device of the data it meets (shape-only 'meta' data
+    draws from the CPU generator, as core.runtime.generator gives it)."""
+    want = "cpu" if x.device.type == "meta" else x.device.type
+    if torch.device(g.device).type != want:
+        raise ValueError(f"generator on {g.device} meets data on {x.device}")
+
+
+def augment(x: torch.Tensor, m: torch.Tensor | None, g: torch.Generator, shift: float = 0.08,
+            speckle: float = 0.15, gamma: tuple[float, float] = (0.75, 1.35)
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Augmentation without wrap-around, on the data's device: horizontal flip, vertical shift (edge rows
+    repeated, never wrapped), multiplicative log-normal speckle and a gamma curve. x, m: (N, 1, H, W) in [0, 1].
+    """
+    check_generator(g, x)
+    n, _, h, w = x.shape
+    dev = x.device
+    flip = (torch.rand(n, generator=g, device=dev) < 0.5).view(n, 1, 1, 1)
+    x = torch.where(flip, x.flip(-1), x)
+    if m is not None:
+        m = torch.where(flip, m.flip(-1), m)
     if shift > 0:
-        dx, dy = (torch.randint(-shift, shift + 1, (2,), generator=g)).tolist()
-        x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
-    gain = 1 + (torch.rand(n, 1, 1, 1, generator=g) - 0.5) * 0.2
-    return (x * gain).clamp(-1, 1)
+        dy = ((torch.rand(n, generator=g, device=dev) * 2 - 1) * shift * h).round().long()
+        rows = (torch.arange(h, device=dev)[None, :] - dy[:, None]).clamp_(0, h - 1)
+        ix = rows.view(n, 1, h, 1).expand(n, 1, h, w)
+        x = torch.gather(x, 2, ix)
+        if m is not None:
+            m = torch.gather(m, 2, ix)
+    lo, hi = np.log(gamma[0]), np.log(gamma[1])
+    gam = torch.exp(lo + (hi - lo) * torch.rand(n, 1, 1, 1, generator=g, device=dev))
+    x = x.clamp(0, 1).pow(gam)
+    if speckle > 0:
+        noise = torch.exp(speckle * torch.randn(x.shape, generator=g, device=dev) - speckle ** 2 / 2)
+        x = x * noise
+    return x.clamp_(0, 1), m
+
+
+# ---------------------------------------------------------------- splits
+def make_folds(labels: np.ndarray, subjects: np.ndarray | None, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold (grouped when subjects are given; one fold per subject if fewer than k)."""
+    from detectlab.core.splits import stratified_kfold
+
+    if subjects is not None:
+        k = min(k, np.unique(subjects).size)
+    return stratified_kfold(labels, k, seed, subjects)
+
+
+def design_split(design: str, fold: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices: train90 trains on k-1 folds, train10 on one fold."""
+    rest, one = fold
+    if design == "train90":
+        return rest, one
+    if design == "train10":
+        return one, rest
+    raise InputError(f"design '{design}'", "unknown design", "train90 or train10")
+
+
+def holdout(idx: np.ndarray, labels: np.ndarray, subjects: np.ndarray | None, share: float, seed: int
+            ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Split `idx` into (fit, validation, grouped): by subject when there are >= 2 subjects, stratified.
+
+    With one subject (train10 on Duke) the split is stratified by B-scan inside it (grouped=False).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    idx = np.asarray(idx)
+    y = labels[idx]
+    k = max(2, int(round(1 / share)))
+    if subjects is not None:
+        g = subjects[idx]
+        ng = np.unique(g).size
+        if ng >= 2:
+            # the fold of StratifiedGroupKFold(k) nearest to the asked share, never every subject
+            splitter = StratifiedGroupKFold(n_splits=min(k, ng), shuffle=True, random_state=seed)
+            fit, val = next(splitter.split(np.zeros(len(idx)), y, g))
+            if np.unique(y[fit]).size == 2:
+                return idx[fit], idx[val], True
+    counts = np.bincount(y, minlength=2)
+    k = min(k, int(counts.min())) if counts.min() >= 2 else 0
+    if k < 2:
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(len(idx))
+        nv = max(1, int(round(len(idx) * share)))
+        return idx[np.sort(perm[nv:])], idx[np.sort(perm[:nv])], False
+    fit, val = next(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(idx)), y))
+    return idx[fit], idx[val], False
+
+
+# ---------------------------------------------------------------- data preparation for a run
+def data_path(cfg: Any, run: Any | None) -> Path:
+    """The data folder: the configured path, or the synthetic volumes (written once under the run)."""
+    from detectlab.core.config import resolve_data
+    from detectlab.fluid.config import DATA_SUBDIR
+    from detectlab.fluid.synthetic import generate
+
+    p = resolve_data(cfg.data, DATA_SUBDIR)
+    if p is not None:
+        return p
+    s = cfg.synthetic
+    root = run.path("data", "synthetic") if run is not None else Path("runs/fluid-synthetic")
+    return generate(root, s.volumes, s.slices, s.height, s.width, s.fluid_fraction, seed=cfg.seed)
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def read_data(path: Path, max_images: int = 0, seed: int = 0) -> BScans:
+    """load_dataset, cached per process (units of one run share it), optional stratified subset."""
+    key = f"{Path(path).resolve()}|{max_images}|{seed}"
+    if key not in _CACHE:
+        ds = load_dataset(Path(path))
+        if 0 < max_images < len(ds):
+            from sklearn.model_selection import train_test_split
+
+            idx, _ = train_test_split(np.arange(len(ds)), train_size=max_images, random_state=seed,
+                                      stratify=ds.labels)
+            ds = ds.subset(np.sort(idx))
+        _CACHE.clear()
+        _CACHE[key] = ds
+    return _CACHE[key]
+
+
+def load_data(cfg: Any, run: Any | None = None) -> BScans:
+    return read_data(data_path(cfg, run), cfg.max_images, cfg.seed)
+
+
+def subjects_for(cfg: Any, ds: BScans) -> np.ndarray | None:
+    """Subjects for grouped splits: whenever they are known (and grouping is on)."""
+    return ds.subjects if cfg.group_by_subject and ds.groups_known else None
+
+
+def prep_for(cfg: Any, arch: str, denoise: bool | None = None) -> Prep:
+    """The preprocessing of `arch` under `cfg` (input size: Table I for the centre crop unless set)."""
+    from detectlab.fluid.model import get_arch
+
+    a = get_arch(arch)
+    dn = cfg.denoise if denoise is None else denoise
+    if cfg.crop == "retina":
+        rows, cols = (max(int(v), a.min_size) for v in cfg.band_size)
+        return Prep("retina", (rows, cols), 0, cfg.band_rows, cfg.band_cols, dn)
+    side = max(cfg.input_size, a.min_size) if cfg.input_size > 0 else a.input_size
+    return Prep("centre", (side, side), cfg.resize, cfg.band_rows, cfg.band_cols, dn)
+
+
+_PREP_CACHE: dict[tuple, Prepared] = {}
+
+
+def prepared(ds: BScans, prep: Prep) -> Prepared:
+    """The whole set prepared with `prep`, cached per process (every fold of an architecture shares it)."""
+    key = (id(ds), ds.source, len(ds), prep)
+    if key not in _PREP_CACHE:
+        if len(_PREP_CACHE) > 4:
+            _PREP_CACHE.clear()
+        _PREP_CACHE[key] = prepare(ds, prep)
+    return _PREP_CACHE[key]

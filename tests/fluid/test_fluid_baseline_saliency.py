@@ -1,0 +1,129 @@
+"""The dark-pocket baseline (retina region, features, logistic regression) and Grad-CAM / peak-in-mask, on
+small hand-made inputs (fast: these tests also drive the mutation runs of baseline.py and saliency.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from detectlab.fluid import baseline as B
+from detectlab.fluid.saliency import gradcam, peak_in_mask, saliency_on
+
+
+def _bscan(pocket: bool, seed: int = 0, top: int = 20) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.normal(0.1, 0.02, (64, 96))
+    img[top:top + 24] = rng.normal(0.55, 0.03, (24, 96))  # the retina
+    img[top + 24:top + 27] = 0.95  # the RPE, the brightest row
+    if pocket:
+        img[top + 8:top + 16, 30:50] = 0.15  # a dark fluid pocket inside the retina
+    return np.clip(img, 0, 1)
+
+
+def test_retina_region_between_ilm_and_rpe():
+    """Catches: a retina region that starts above the inner limiting membrane or ends off the RPE."""
+    for top in (10, 25):
+        region, ilm, rpe = B.retina_region(_bscan(False, top=top))
+        assert np.median(ilm) == pytest.approx(top, abs=2) and np.median(rpe) == pytest.approx(top + 25, abs=2)
+        assert region[top + 12].all() and not region[top - 5].any() and not region[top + 32].any()
+
+
+def test_pocket_features_see_a_dark_pocket():
+    """Catches: features that do not respond to fluid (dark shares, pocket count and area, low quantile)."""
+    f0, f1 = B.pocket_features(_bscan(False)), B.pocket_features(_bscan(True))
+    k = {n: i for i, n in enumerate(B.FEATURES)}
+    # the pocket is 8 x 20 of the 24 x 96 retina: about 7% of it
+    assert f1[k["dark65"]] > f0[k["dark65"]] + 0.05 and f1[k["dark50"]] > 0.05 and f0[k["dark50"]] < 0.01
+    assert f1[k["dark80"]] > f0[k["dark80"]] + 0.05
+    assert f1[k["pockets"]] == 1 and f0[k["pockets"]] == 0 and f1[k["pocket_area"]] == pytest.approx(160 / 2304, rel=0.2)
+    assert f1[k["largest_pocket"]] == pytest.approx(f1[k["pocket_area"]], rel=0.3)
+    assert f1[k["q05"]] < f0[k["q05"]] - 0.3
+    assert f0[k["thick_mean"]] == pytest.approx(24 / 64, abs=0.02) and f0[k["thick_sd"]] < 0.02
+    assert f0[k["thick_max"]] == pytest.approx(24 / 64, abs=0.02) and f1[k["sd"]] > f0[k["sd"]]
+    assert f1[k["q50_abs"]] == pytest.approx(0.55, abs=0.05)
+
+
+def test_pocket_lr_ranks_pockets_and_matches_sklearn():
+    """Catches: a logistic regression whose stored parameters do not reproduce the fitted model, and a
+    baseline that cannot separate B-scans with pockets from those without."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    f = np.stack([B.pocket_features(_bscan(i % 2 == 1, seed=i)) for i in range(16)])
+    y = np.arange(16) % 2
+    p = B.pocket_scores(f[:10], y[:10], f[10:])
+    assert (p[y[10:] == 1].min() > p[y[10:] == 0].max())
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000,
+                                                             random_state=0)).fit(f[:10], y[:10])
+    assert np.allclose(p, clf.predict_proba(f[10:])[:, 1], atol=1e-9)
+    const = B.fit_pocket_lr(f[:4], np.ones(4, int))
+    assert const == {"constant": 1.0} and B.apply_pocket_lr(const, f[:3]).tolist() == [1.0, 1.0, 1.0]
+    assert B.majority_scores([1, 1, 0], 2).tolist() == pytest.approx([2 / 3, 2 / 3])
+
+
+class Cam(torch.nn.Module):
+    """features = the input's two channels; fluid logit margin = mean(ch0) - mean(ch1)."""
+
+    def forward_all(self, x):
+        f = x * 1.0
+        m = f[:, 0].mean((1, 2)) - f[:, 1].mean((1, 2))
+        return {"features": f, "logits": torch.stack([-m / 2, m / 2], 1), "aux": [], "seg": None}
+
+
+def test_gradcam_weights_channels_by_their_gradient():
+    """Catches: Grad-CAM without the gradient weighting (a channel that argues against fluid must not light
+    up), without the ReLU, or not normalised to a maximum of 1."""
+    x = torch.zeros(1, 2, 8, 10)
+    x[0, 0, 2, 3] = 1.0  # for fluid
+    x[0, 1, 6, 8] = 3.0  # against fluid, and brighter
+    cam = gradcam(Cam(), x)
+    assert cam.shape == (1, 8, 10) and float(cam.max()) == pytest.approx(1.0)
+    assert tuple(np.unravel_index(int(cam.argmax()), (8, 10))) == (2, 3)
+    assert float(cam[0, 6, 8]) == 0.0  # the negative evidence is cut by the ReLU
+
+
+def test_peak_in_mask_hits_chance_and_empty_maps():
+    """Catches: a hit counted off the peak, a chance level that is not the fluid share, and an all-zero map
+    (no peak) counted as a hit."""
+    cam = torch.zeros(3, 4, 5)
+    cam[0, 1, 2] = 1.0
+    cam[1, 3, 4] = 1.0
+    mask = torch.zeros(3, 1, 4, 5)
+    mask[:, 0, 1, 1:3] = 1.0  # two of 20 pixels
+    hit, chance, peak = peak_in_mask(cam, mask)
+    assert hit.tolist() == [True, False, False]
+    assert chance.tolist() == pytest.approx([0.1, 0.1, 0.1])
+    assert peak[:2].tolist() == [[1, 2], [3, 4]]
+
+
+class Cam1(torch.nn.Module):
+    """One-channel version for grey inputs: the feature map is the input itself, the fluid margin its mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.training = True
+
+    def forward_all(self, x):
+        f = x * 1.0
+        m = f[:, 0].mean((1, 2))
+        return {"features": f, "logits": torch.stack([-m, m], 1), "aux": [], "seg": None}
+
+
+def test_saliency_on_counts_the_fluid_bscans_in_view():
+    """Catches: B-scans without fluid in view counted, hits that are not at the peak, a chance level that is
+    not the mean fluid share, batches that drop B-scans, and a model left in eval mode afterwards."""
+    from detectlab.fluid.data import Prepared
+
+    x = torch.zeros(5, 1, 6, 8, dtype=torch.uint8)
+    m = torch.zeros(5, 1, 6, 8, dtype=torch.uint8)
+    for i in range(4):
+        x[i, 0, 1 + i, 2] = 200  # the brightest pixel is the saliency peak
+        m[i, 0, 1, 2] = 255  # fluid at (1, 2): a hit only for B-scan 0
+    m[1, 0, 2, 2] = 255  # B-scan 1 also has fluid at its peak (2, 2)
+    model = Cam1()
+    out = saliency_on(model, Prepared(x, torch.tensor([1, 1, 1, 1, 0]), m), torch.device("cpu"), batch=3)
+    assert out["n"] == 4 and out["index"] == [0, 1, 2, 3] and out["hit"] == [1, 1, 0, 0]
+    assert out["hits"] == 2 and out["share"] == 0.5
+    assert out["chance"] == pytest.approx((1 + 2 + 1 + 1) / 4 / 48)
+    assert model.training  # restored
+    assert saliency_on(model, Prepared(x, torch.zeros(5, dtype=torch.long)), torch.device("cpu")) == {"n": 0}
