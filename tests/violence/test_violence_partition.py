@@ -56,36 +56,98 @@ def test_imbalanced_client_shares_follow_table2():
 
 
 def test_partition_file_round_trip(tmp_path):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    x = np.arange(6 * 16 * 2 * 2 * 3, dtype=np.uint8).reshape(6, 16, 2, 2, 3)
-    y = np.array([1, 1, 0, 0, 1, 0])
-    np.save(cache / "x.npy", x)
-    np.save(cache / "y.npy", y)
-    clip_of_chunk = np.array([0, 0, 1, 2, 3, 3])
-    pf = P.save_partition(tmp_path / "p.npz", str(cache), [np.array([0, 2]), np.array([1])], [np.array([3]), np.array([])],
-                          clip_of_chunk)
-    xtr, ytr, xte, yte = P.load_client(str(pf), 0)
-    assert ytr.tolist() == [1, 1, 0] and np.array_equal(xtr, x[[0, 1, 3]]) and yte.tolist() == [1, 0]
-    xtr1, ytr1, xte1, yte1 = P.load_client(str(pf), 1)
-    assert ytr1.tolist() == [0] and len(yte1) == 0
+    """Fault caught: a client reading another client's clips, the wrong frames, or its validation clips mixed
+    into training; an out-of-range partition-id accepted."""
+    frames = np.arange(60, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    table = {"start": [0, 20, 40], "length": [20, 20, 20], "label": [1, 0, 1], "group": ["a", "b", "c"],
+             "parent": [0, 1, 2]}
+    pf = P.save_partition(tmp_path / "p.npz", str(tmp_path / "frames.npy"), table,
+                          [np.array([0]), np.array([1])], [np.array([2]), np.array([], int)],
+                          [np.array([1]), np.array([0, 2])], {"seed": 3})
+    d0 = P.load_client(pf, 0)
+    assert d0.train.label.tolist() == [1] and d0.val.label.tolist() == [1] and d0.test.label.tolist() == [0]
+    assert int(d0.val.frames[d0.val.start[0]][0, 0, 0]) == 40 and d0.test.parent.tolist() == [1]
+    d1 = P.load_client(pf, 1)
+    assert len(d1.val) == 0 and d1.test.parent.tolist() == [0, 2] and int(d1.test.frames[20, 0, 0, 0]) == 40
+    assert P.load_client(pf, 0) is d0  # kept in memory per process ...
+    P.forget(pf)
+    assert P.load_client(pf, 0) is not d0  # ... until forgotten
+    with np.load(pf, allow_pickle=False) as z:
+        assert int(z["meta_seed"]) == 3
     with pytest.raises(InputError, match="out of range"):
-        P.load_client(str(pf), 5)
+        P.load_client(pf, 5)
+    with pytest.raises(InputError, match="out of range"):
+        P.load_client(pf, -1)
+
+
+def test_split_validation_by_source():
+    """Fault caught: validation clips taken from the held-out side or sharing a source with training, a
+    validation share far from the asked one, or a single-source client left without training clips."""
+    groups = np.repeat([f"s{i}" for i in range(10)], 3)
+    weights = np.ones(30)
+    clips = np.arange(30)
+    tr, va = P.split_validation(clips, groups, weights, 0.2, seed=0)
+    assert sorted(np.concatenate([tr, va]).tolist()) == list(range(30))
+    assert not set(groups[tr]) & set(groups[va]) and len(va) == 6  # 2 whole sources of 10
+    tr2, va2 = P.split_validation(clips, groups, weights, 0.2, seed=1)
+    assert set(groups[va2]) != set(groups[va])  # the seed moves the validation sources
+    sub = np.arange(6, 15)  # a client's own clips only
+    trs, vas = P.split_validation(sub, groups, weights, 0.34, seed=0)
+    assert set(np.concatenate([trs, vas]).tolist()) == set(sub.tolist()) and len(vas) == 3
+    one = np.arange(3)
+    tro, vao = P.split_validation(one, groups, weights, 0.5, seed=0)
+    assert tro.tolist() == [0, 1, 2] and len(vao) == 0
+    t0, v0 = P.split_validation(clips, groups, weights, 0.0, seed=0)
+    assert len(v0) == 0 and len(t0) == 30
+    big = np.ones(30)
+    big[:3] = 100  # one heavy source: it is never put into validation past the asked share ...
+    trb, vab = P.split_validation(clips, groups, big, 0.2, seed=0)
+    assert big[vab].sum() <= 0.2 * big.sum() + 1e-9 or set(groups[vab]) == {groups[vab][0]}
+    trn, van = P.split_validation(np.arange(6), groups, weights, 0.9, seed=0)
+    assert len(trn) == 3 and len(van) == 3  # ... and at least one source always stays in training
 
 
 def test_prepare_combined4_pools_two_builtin_datasets(tmp_path):
+    """Fault caught: combined4 (Table III) reading one dataset only, or its clients' shares ignoring Table III."""
     from detectlab.core.config import load_config
     from detectlab.core.runs import Run
-    from detectlab.violence import experiment
+    from detectlab.violence import train
+    from detectlab.violence.config import Config
 
-    cfg = load_config(experiment.Config, "violence", "smoke",
-                      ["data=builtin", "data_opts.size=16", "data_opts.syn_size=32", "data_opts.syn_sources_per_site=3"])
+    cfg = load_config(Config, "violence", "smoke", ["data=builtin", "data_opts.size=16", "aug.crop=0",
+                                                    "data_opts.syn_size=32", "data_opts.syn_sources_per_site=3"])
     with Run(tmp_path / "run", cfg, "violence") as run:
-        prep = experiment.prepare(cfg, run, "combined4")
-    job, clients = prep["job"], prep["clients"]
-    assert job["n_clients"] == 4 and len(clients) == 4
-    total = sum(c["train_fight"] + c["train_nonfight"] + c["test_fight"] + c["test_nonfight"] for c in clients)
+        job = train.prepare(cfg, run, "combined4", seed=0)
+    clients = job["clients"]
+    assert job["n_clients"] == 4 and len(clients) == 4 and job["key"] == "combined4-seed0"
+    total = sum(c[f"{p}_{k}"] for c in clients for p in ("train", "val", "test") for k in ("fight", "nonfight"))
     assert total == 2 * 2 * 3 * 4 * 2  # two datasets x 2 sites x 3 sources x 4 clips x 2 chunks
-    assert clients[1]["train_fight"] + clients[1]["train_nonfight"] < clients[3]["train_fight"] + clients[3]["train_nonfight"]
+    size = [c["train_fight"] + c["train_nonfight"] + c["val_fight"] + c["val_nonfight"] for c in clients]
+    assert size[1] < size[3]  # Table III: client 2 is the smallest, client 4 among the largest
     with np.load(job["partition_file"]) as z:
-        assert int(z["n_clients"]) == 4
+        assert int(z["n_clients"]) == 4 and any(str(g).startswith("ds2:") for g in z["clip_group"])
+
+
+def test_chunk_split_is_leaky_and_source_split_is_not(tmp_path):
+    """Fault caught: the 'chunk split' column computed on the source-video split (it would not show the leak),
+    or the source split letting a clip's chunks (or a source video) into both train and test."""
+    from detectlab.core.config import load_config
+    from detectlab.core.runs import Run
+    from detectlab.violence import train
+    from detectlab.violence.config import Config
+
+    cfg = load_config(Config, "violence", "smoke", ["data=builtin", "data_opts.size=16", "aug.crop=0",
+                                                    "data_opts.syn_size=32", "data_opts.syn_frames=48"])
+    with Run(tmp_path / "run", cfg, "violence") as run:
+        sides = {}
+        for split in ("source", "chunk"):
+            job = train.prepare(cfg, run, "balanced2", seed=0, split=split)
+            with np.load(job["partition_file"]) as z:
+                parent, group = z["clip_parent"], z["clip_group"]
+                tr = np.concatenate([z[f"{p}_{i}"] for i in range(2) for p in ("train", "val")])
+                te = np.concatenate([z[f"test_{i}"] for i in range(2)])
+            sides[split] = (set(parent[tr]) & set(parent[te]), set(group[tr]) & set(group[te]))
+            assert job["key"] == ("balanced2-seed0" if split == "source" else "balanced2-chunksplit-seed0")
+    assert sides["source"] == (set(), set())
+    assert len(sides["chunk"][0]) >= 3 and sides["chunk"][1] == set()  # clips on both sides, no shared item

@@ -60,7 +60,7 @@ def run_strategy(grid: Grid, job: dict, strategy: str) -> dict[str, Any]:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     out = Path(job["out"])
-    exp = job["experiment"]
+    exp = job.get("key", job["experiment"])  # experiment, split and seed of the unit
     rounds_log = out / "rounds" / f"{unit_key(exp, strategy)}.jsonl"
     rounds_log.parent.mkdir(parents=True, exist_ok=True)
     rounds_log.write_text("")
@@ -100,13 +100,13 @@ def run_strategy(grid: Grid, job: dict, strategy: str) -> dict[str, Any]:
     counts = param_counts(build_model(job["model"]))
     res = {
         "accuracy": last["accuracy"], "loss": last["loss"],
-        "per_client": {str(k): {kk: v.get(kk) for kk in ("accuracy", "loss", "n_train", "n_test")}
-                       for k, v in sorted(last["clients"].items())},
+        "per_client": {str(k): dict(v) for k, v in sorted(last["clients"].items())},
         "bytes_per_round": {"up": mean("up"), "down": mean("down"), "total": mean("total"),
                             "payload_up": mean("payload_up"), "payload_down": mean("payload_down")},
         "params_sent": counts["base"] if strategy in PERSONAL else counts["total"],
         "history": [{"round": h["round"], "accuracy": h["accuracy"], "loss": h["loss"],
-                     "clients": {str(k): {kk: v.get(kk) for kk in ("accuracy", "loss", "train_loss")}
+                     "clients": {str(k): {kk: v.get(kk) for kk in ("accuracy", "loss", "train_loss", "val-loss",
+                                                                   "val-acc", "val-bacc", "test-clip-bacc")}
                                  for k, v in sorted(h["clients"].items())}} for h in strat.history],
         "rejected": strat.rejected, "seconds": seconds, "rounds": n_rounds,
         "personal_checkpoints": sorted(int(k) for k in strat.exports),
@@ -120,9 +120,9 @@ def run_federation(grid: Grid, job: dict) -> dict[str, Any]:
     """Every strategy of the job not already finished (a unit file exists) -> {strategy: result}."""
     out = {}
     for s in job["strategies"]:
-        p = unit_path(Path(job["out"]), job["experiment"], s)
+        p = unit_path(Path(job["out"]), job.get("key", job["experiment"]), s)
         if p.exists():
-            progress.log(f"{job['experiment']} {s}: finished earlier, read back")
+            progress.log(f"{job.get('key', job['experiment'])} {s}: finished earlier, read back")
             out[s] = json.loads(p.read_text())["result"]
             continue
         out[s] = run_strategy(grid, job, s)
@@ -147,11 +147,13 @@ def quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
-def simulate(job: dict, num_cpus: int = 2) -> dict[str, Any]:
-    """Run the job on Flower's simulation engine (Ray), one virtual SuperNode per client."""
+def simulate(job: dict, num_cpus: int = 2, client_app: Any = None) -> dict[str, Any]:
+    """Run the job on Flower's simulation engine (Ray), one virtual SuperNode per client (`client_app`: another
+    ClientApp, e.g. the tests' fault-injecting one; default the production app)."""
     from flwr.simulation import run_simulation
 
-    from detectlab.violence.client_app import app as client_app
+    if client_app is None:
+        from detectlab.violence.client_app import app as client_app
 
     ray_env()
     quiet_flower()

@@ -124,6 +124,9 @@ class RobustFedAvg(FedAvg):
             c.update({"n_test": int(mr["num-examples"]), "loss": float(mr["eval-loss"]),
                       "accuracy": float(mr["eval-acc"]),
                       "eval_down_bytes": self._eval_sent["data"], "eval_down_payload": self._eval_sent["payload"]})
+            # everything else the client reported (validation metrics; on the last round its test scores)
+            c.update({k: (list(v) if isinstance(v, list) else v) for k, v in mr.items()
+                      if k not in ("num-examples", "eval-loss", "eval-acc", "partition-id", "bytes-down")})
             rows.append((int(mr["num-examples"]), float(mr["eval-loss"]), float(mr["eval-acc"])))
             if "personal" in m.content.array_records:
                 self.exports[pid] = m.content.array_records["personal"]
