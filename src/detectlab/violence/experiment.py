@@ -71,6 +71,15 @@ class FLConfig:
     sim_cpus: int = 2  # CPUs Ray may use (one per client at a time)
     fault: str = ""  # test hook: "nan:K" or "shape:K" makes client K send a bad update
     timeout: float = 3600.0
+    # federation (fed): robust aggregation, bounded counts, partial participation, bounded rounds
+    aggregation: str = "fedavg"  # fedavg | median | trimmed | krum (Flower's FedAvg/FedMedian/FedTrimmedAvg/Krum)
+    trim_beta: float = 0.25  # trimmed: fraction cut from each tail
+    krum_malicious: int = 1  # krum: assumed number of malicious clients
+    clip_norm: float = 0.0  # > 0: clip every update to this L2 norm (Flower's server-side fixed clipping)
+    max_weight: float = 0.0  # > 0: no client weighs more than this x the median claimed num-examples
+    fraction: float = 1.0  # clients sampled per round (partial participation); evaluation covers all
+    min_clients: int = 1  # usable updates a round needs (0 = every sampled client), else the run stops
+    round_timeout: float = 600.0  # seconds to wait for the nodes and replies of a round
 
 
 @dataclass
@@ -102,6 +111,22 @@ def validate(cfg: Config) -> None:
             raise InputError(f"config key 'strategies' ({s})", "unknown strategy", "one of " + ", ".join(STRATEGIES))
     if cfg.fl.variant not in ("fo", "hf"):
         raise InputError("config key 'fl.variant'", f"unknown Per-FedAvg variant {cfg.fl.variant!r}", "fo or hf")
+    fl = cfg.fl  # federation settings (fed)
+    if fl.aggregation not in ("fedavg", "median", "trimmed", "krum"):
+        raise InputError("config key 'fl.aggregation'", f"unknown aggregation {fl.aggregation!r}",
+                         "fedavg, median, trimmed or krum")
+    if not 0 < fl.fraction <= 1:
+        raise InputError("config key 'fl.fraction'", f"{fl.fraction}", "a fraction of clients in (0, 1]")
+    if not 0 <= fl.trim_beta < 0.5:
+        raise InputError("config key 'fl.trim_beta'", f"{fl.trim_beta}", "in [0, 0.5)")
+    for key in ("krum_malicious", "min_clients"):
+        if getattr(fl, key) < 0:
+            raise InputError(f"config key 'fl.{key}'", f"{getattr(fl, key)}", "an integer >= 0")
+    for key in ("clip_norm", "max_weight"):
+        if getattr(fl, key) < 0:
+            raise InputError(f"config key 'fl.{key}'", f"{getattr(fl, key)}", ">= 0 (0 = off)")
+    if fl.round_timeout <= 0:
+        raise InputError("config key 'fl.round_timeout'", f"{fl.round_timeout}", "seconds > 0")
     if cfg.data_opts.size < 16 or cfg.data_opts.size % 4:
         raise InputError("config key 'data_opts.size'", f"{cfg.data_opts.size}", "a multiple of 4, at least 16")
 
@@ -181,6 +206,7 @@ def prepare(cfg: Config, run: Run, experiment: str) -> dict:
                    "delta": fl.delta, "variant": fl.variant, "meta_steps": fl.meta_steps,
                    "adapt_steps": fl.adapt_steps, "threads": fl.client_threads, "fault": fl.fault},
         "data": {"source": cs.source, "counts": cs.counts(), "skipped": cs.skipped},
+        "fl": asdict(fl), "device": cfg.device,  # federation settings for the ServerApp (fed)
     }
     return {"job": job, "clients": clients}
 
