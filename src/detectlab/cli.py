@@ -1,13 +1,14 @@
 """The detectlab command line: one sub-command group per system, plus `demo` and `bench`.
 
 Thin by design: it parses, builds a config, and calls the system's ``experiment.run``,
-``train.run`` or ``predict.run``. Bad input exits 2 with one line on stderr.
+``train.run``, ``evaluate.run`` or ``predict.run``. Bad input exits 2 with one line on stderr.
 
 Each system package ``detectlab.<system>`` provides:
-  experiment.Config (a dataclass deriving core.config.BaseConfig), experiment.DATA_SUBDIR,
-  experiment.run(cfg, run) -> metrics dict, train.run(cfg, run) -> dict,
-  predict.run(model_run, inputs, out, args) -> int, and optionally predict.add_arguments(parser)
-  and a package-level register_cli(subparsers) for extra commands.
+  config.Config (a dataclass deriving core.config.BaseConfig), config.DATA_SUBDIR (and optionally
+  config.GRID_FIELDS), experiment.run(cfg, run) -> metrics dict, train.run(cfg, run) -> dict,
+  evaluate.run(model_run, data, out, args) -> int, predict.run(model_run, inputs, out, args) -> int,
+  optionally evaluate.add_arguments(parser) / predict.add_arguments(parser), and a package-level
+  register_cli(subparsers) for extra commands.
 """
 
 from __future__ import annotations
@@ -21,16 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detectlab import SYSTEMS, __version__
+from detectlab import DESCRIPTIONS, SYSTEMS, __version__, config_module
 from detectlab.core.errors import InputError
-
-DESCRIPTIONS = {
-    "adversarial": "PGD adversarial examples on MNIST detected by a steganalysis statistic",
-    "seizure": "inter-patient EEG seizure detection, domain-adversarial CNN-BiLSTM",
-    "violence": "violence detection in video with personalized federated learning (Flower)",
-    "fluid": "macular fluid detection in OCT B-scans with ten ImageNet CNNs",
-    "lesions": "COVID-19 lesion segmentation (lightweight Mask R-CNN) and COVID-CT-Mask-Net",
-}
 
 
 def available_systems() -> list[str]:
@@ -54,7 +47,7 @@ def _common_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
 def build_config(system: str, args: argparse.Namespace) -> Any:
     from detectlab.core.config import load_config
 
-    exp = importlib.import_module(f"detectlab.{system}.experiment")
+    exp = config_module(system)
     ov = list(args.overrides or [])
     for flag, key in (("data", "data"), ("seed", "seed"), ("device", "device"), ("workers", "workers"),
                       ("ray_address", "ray_address")):
@@ -62,6 +55,13 @@ def build_config(system: str, args: argparse.Namespace) -> Any:
         if val is not None:
             ov.append(f"{key}={val!r}" if isinstance(val, str) else f"{key}={val}")
     return load_config(exp.Config, system, args.preset, ov)
+
+
+def resolved_data(system: str, cfg: Any) -> Path | None:
+    """The data path a config's ``data`` setting resolves to (None: built-in data)."""
+    from detectlab.core.config import resolve_data
+
+    return resolve_data(cfg.data, getattr(config_module(system), "DATA_SUBDIR", system))
 
 
 def cmd_run(system: str, args: argparse.Namespace, which: str) -> int:
@@ -72,7 +72,7 @@ def cmd_run(system: str, args: argparse.Namespace, which: str) -> int:
     cfg = build_config(system, args)
     out = Path(args.out or f"runs/{system}-{which}-{cfg.preset}")
     mod = importlib.import_module(f"detectlab.{system}.{'experiment' if which == 'run' else 'train'}")
-    with Run(out, cfg, system) as run:
+    with Run(out, cfg, system, data=resolved_data(system, cfg)) as run:
         t0 = time.perf_counter()
         mod.run(cfg, run)
         run.log(f"{system} {which} finished in {time.perf_counter() - t0:.1f} s; results in {out}")
@@ -87,6 +87,21 @@ def cmd_predict(system: str, args: argparse.Namespace) -> int:
     mod = importlib.import_module(f"detectlab.{system}.predict")
     return int(mod.run(Path(args.model_run), [Path(p) for p in args.inputs],
                        Path(args.out) if args.out else None, args) or 0)
+
+
+def cmd_evaluate(system: str, args: argparse.Namespace) -> int:
+    from detectlab.core.runtime import set_threads
+
+    set_threads()
+    mod = importlib.import_module(f"detectlab.{system}.evaluate")
+    model_run, data = Path(args.model_run), Path(args.data)
+    if not data.exists():
+        raise InputError(data, "data path does not exist", f"labelled {system} data in one of its usual formats")
+    out = Path(args.out) if args.out else Path(f"runs/{system}-evaluate-{model_run.resolve().name}-{data.resolve().name}")
+    rc = int(mod.run(model_run, data, out, args) or 0)
+    if rc == 0:
+        print(out)
+    return rc
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -137,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
         t = gs.add_parser("train", help="train one model and write a run folder usable by predict")
         _common_run_args(t, f"runs/{system}-train-<preset>")
         t.set_defaults(func=lambda a, s=system: cmd_run(s, a, "train"))
+        if (Path(__file__).resolve().parent / system / "evaluate.py").exists():
+            e = gs.add_parser("evaluate", help="measure a trained run's model on a labelled data set (another site's data)")
+            e.add_argument("model_run", help="run folder written by `train` or `run`")
+            e.add_argument("data", help="labelled data in the system's usual format")
+            e.add_argument("--out", default=None, help="folder for metrics.json, tables and figures "
+                                                       "[runs/<system>-evaluate-<run>-<data>]")
+            e.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
+            ev = importlib.import_module(f"detectlab.{system}.evaluate")
+            if hasattr(ev, "add_arguments"):
+                ev.add_arguments(e)
+            e.set_defaults(func=lambda a, s=system: cmd_evaluate(s, a))
         p = gs.add_parser("predict", help="apply a trained run folder to new files")
         p.add_argument("model_run", help="run folder written by `train` or `run`")
         p.add_argument("inputs", nargs="+", help="input files")
@@ -152,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from detectlab.core.units import UnitError
+
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     try:
         args = build_parser().parse_args(argv)
@@ -159,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"detectlab: error: {e.line()}", file=sys.stderr)
         return 2
+    except UnitError as e:
+        print(f"detectlab: error: {e}; details in the run folder's log.txt; rerun with the same --out "
+              "to retry the failed units", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("detectlab: interrupted; finished units are kept, rerun with the same --out to resume", file=sys.stderr)
         return 130

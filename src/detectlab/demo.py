@@ -7,18 +7,20 @@ import time
 import traceback
 from pathlib import Path
 
+from detectlab import DESCRIPTIONS, config_module
 from detectlab.core import progress
-from detectlab.core.config import load_config
+from detectlab.core.config import load_config, resolve_data
 from detectlab.core.errors import InputError
 from detectlab.core.runs import Run
 from detectlab.core.runtime import set_threads
 
 
 def run_system(system: str, out: Path) -> dict:
+    conf = config_module(system)
     exp = importlib.import_module(f"detectlab.{system}.experiment")
-    cfg = load_config(exp.Config, system, "smoke", {"data": "builtin"})
+    cfg = load_config(conf.Config, system, "smoke", {"data": "builtin"})
     t0 = time.perf_counter()
-    with Run(out, cfg, system) as run:
+    with Run(out, cfg, system, data=resolve_data(cfg.data, getattr(conf, "DATA_SUBDIR", system))) as run:
         exp.run(cfg, run)
     return {"seconds": time.perf_counter() - t0}
 
@@ -44,8 +46,6 @@ def run_demo(out: Path, systems: list[str]) -> int:
 
 
 def write_report(out: Path, results: dict[str, dict]) -> Path:
-    from detectlab.cli import DESCRIPTIONS
-
     lines = ["# detectlab demo report", "",
              "Every system's smoke preset on built-in data (small, fast; not the paper's numbers).", "",
              "| system | status | time (s) |", "|---|---|---|"]

@@ -1,9 +1,19 @@
-"""Dataclass configs, TOML presets and `key=value` overrides.
+"""Dataclass configs, TOML presets and `key=value` overrides, with validated fields.
 
 A system's config is a (possibly nested) dataclass that inherits :class:`BaseConfig`.
 Presets live in ``detectlab/configs/<system>/<preset>.toml`` and only need to name the fields
 they change. Overrides use dotted keys and TOML literals: ``train.lr=1e-3``, ``eps=[0.1,0.2]``,
 ``arch="resnet18"`` (bare words are taken as strings).
+
+Fields declared with :func:`param` carry their allowed range or choices::
+
+    steps: int = param(40, ge=1)
+    lr: float = param(1e-4, gt=0)
+    models: list[str] = param(["natural", "secret"], choices=MODELS, nonempty=True)
+
+and a dataclass may define ``validate(self)`` for rules across fields (raise :class:`ConfigError`).
+Every check runs whenever a config is loaded (preset, overrides, :func:`from_dict`), so a bad value
+ends the command with one line naming the key, the value and what is allowed (exit 2).
 """
 
 from __future__ import annotations
@@ -22,10 +32,87 @@ import tomli_w
 from detectlab.core.errors import InputError
 
 C = TypeVar("C")
+_MISSING = dataclasses.MISSING
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 #: Fields that say *how* to run, not *what*: they may differ between a run and its resume.
 RUNTIME_FIELDS = ("device", "workers", "ray_address")
+
+
+class ConfigError(InputError):
+    """A config value outside what its field allows: ``config key 'k': value v is not allowed (expected ...)``."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"config key '{key}'", f"value {value!r} is not allowed", allowed)
+
+    def __reduce__(self):  # picklable across worker processes
+        return (ConfigError, (self.key, self.value, self.allowed))
+
+
+def param(default: Any = _MISSING, *, default_factory: Any = _MISSING, ge: float | None = None,
+          gt: float | None = None, le: float | None = None, lt: float | None = None,
+          choices: Any = None, nonempty: bool = False, doc: str = "") -> Any:
+    """A dataclass field with validation metadata.
+
+    ``ge/gt/le/lt`` bound numbers (each element of a list); ``choices`` lists the allowed values
+    (each element of a list); ``nonempty`` refuses an empty list or string. A list default is copied
+    per instance.
+    """
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty, "doc": doc,
+            "choices": tuple(choices) if choices is not None else None}
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _allowed_text(meta: dict[str, Any]) -> str:
+    parts = []
+    if meta.get("choices") is not None:
+        parts.append("one of: " + ", ".join(map(str, meta["choices"])))
+    for k, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if meta.get(k) is not None:
+            parts.append(f"{sym} {meta[k]}")
+    if meta.get("nonempty"):
+        parts.append("not empty")
+    return " and ".join(parts)
+
+
+def _check_value(key: str, value: Any, meta: dict[str, Any]) -> None:
+    if value is None:
+        return
+    if meta.get("nonempty") and isinstance(value, (list, tuple, str, dict)) and len(value) == 0:
+        raise ConfigError(key, value, _allowed_text(meta))
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if meta.get("choices") is not None and v not in meta["choices"]:
+            raise ConfigError(key, value if len(items) == 1 else v, _allowed_text(meta))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if isinstance(v, float) and v != v:
+                raise ConfigError(key, v, "a number, not NaN")
+            bad = ((meta.get("ge") is not None and not v >= meta["ge"])
+                   or (meta.get("gt") is not None and not v > meta["gt"])
+                   or (meta.get("le") is not None and not v <= meta["le"])
+                   or (meta.get("lt") is not None and not v < meta["lt"]))
+            if bad:
+                raise ConfigError(key, v, _allowed_text(meta))
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Check every :func:`param` field (recursively), then each dataclass's own ``validate()``."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(v) and not isinstance(v, type):
+            validate(v, prefix=f"{key}.")
+        elif f.metadata:
+            _check_value(key, v, dict(f.metadata))
+    for klass in reversed(type(cfg).__mro__):  # every class's own rules, without needing super() calls
+        own = klass.__dict__.get("validate")
+        if callable(own):
+            own(cfg)
 
 
 @dataclass
@@ -33,13 +120,18 @@ class BaseConfig:
     """Fields every system shares (set by the CLI flags of the same name)."""
 
     preset: str = "smoke"
-    seed: int = 0
+    seed: int = param(0, ge=0)
     #: "builtin" (generated data), "auto" (DETECTLAB_DATA/<system folder> when present,
     #: else builtin), or a path.
     data: str = "auto"
     device: str = "auto"
-    workers: int = 1
+    workers: int = param(1, ge=1)
     ray_address: str = ""
+
+    def validate(self) -> None:
+        d = (self.device or "auto").lower()
+        if not (d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise ConfigError("device", self.device, "auto, cpu, cuda or cuda:N")
 
 
 def data_root() -> Path | None:
@@ -180,6 +272,7 @@ def load_config(cls: type[C], system: str, preset: str = "smoke", overrides: lis
     if overrides:
         ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         _apply(cfg, ov)
+    validate(cfg)
     return cfg
 
 
@@ -206,4 +299,16 @@ def dumps(cfg: Any) -> str:
 def from_dict(cls: type[C], d: dict[str, Any]) -> C:
     cfg = cls()
     _apply(cfg, d)
+    validate(cfg)
     return cfg
+
+
+def grid_fields(cfg: Any) -> tuple[str, ...]:
+    """The dotted config keys whose change only adds or removes units (``GRID_FIELDS`` of the config's
+    class or of its module); a resume may change them."""
+    own = getattr(type(cfg), "GRID_FIELDS", None)
+    if own is None:
+        import sys
+
+        own = getattr(sys.modules.get(type(cfg).__module__), "GRID_FIELDS", ())
+    return tuple(own or ())

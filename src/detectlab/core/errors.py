@@ -18,6 +18,9 @@ class InputError(Exception):
         self.expected = expected
         super().__init__(self.line())
 
+    def __reduce__(self):  # picklable, so it crosses worker processes and Ray tasks intact
+        return (InputError, (self.source, self.problem, self.expected))
+
     def line(self) -> str:
         msg = f"{self.source}: {self.problem}" if self.source else self.problem
         if self.expected:

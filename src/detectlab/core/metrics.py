@@ -47,6 +47,13 @@ def accuracy(y_true: Any, y_pred: Any) -> float:
     return float((t == p).mean()) if t.size else float("nan")
 
 
+def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
+    """Mean of sensitivity and specificity; with one class present, that class's recall."""
+    tp, tn, fp, fn = confusion(y_true, y_pred)
+    rates = [r for r in (_div(tp, tp + fn), _div(tn, tn + fp)) if not math.isnan(r)]
+    return float(sum(rates) / len(rates)) if rates else float("nan")
+
+
 def roc_auc(y_true: Any, y_score: Any) -> float:
     """ROC-AUC; NaN when only one class is present."""
     t = _as1d(y_true)
@@ -78,7 +85,7 @@ def f1_optimal_threshold(y_true: Any, y_score: Any) -> float:
 
 
 def binary_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) -> dict[str, float]:
-    """Sensitivity, specificity, MCC, accuracy, F1, ROC-AUC and PR-AUC at a threshold."""
+    """Sensitivity, specificity, MCC, accuracy, balanced accuracy, F1, ROC-AUC and PR-AUC at a threshold."""
     t = _as1d(y_true).astype(int)
     s = _as1d(y_score).astype(float)
     p = (s >= threshold).astype(int)
@@ -88,6 +95,7 @@ def binary_metrics(y_true: Any, y_score: Any, threshold: float = 0.5) -> dict[st
         "specificity": _div(tn, tn + fp),
         "mcc": mcc(t, p),
         "accuracy": accuracy(t, p),
+        "balanced_accuracy": balanced_accuracy(t, p),
         "f1": _div(2 * tp, 2 * tp + fp + fn),
         "auc_roc": roc_auc(t, s),
         "auc_pr": pr_auc(t, s),

@@ -43,3 +43,14 @@ def set_threads(n: int | None = None) -> int:
     n = n or int(os.environ.get("DETECTLAB_THREADS", 0)) or (os.cpu_count() or 1)
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
+
+
+def generator(where: "torch.Tensor | torch.device | str", seed: int) -> torch.Generator:
+    """A torch.Generator seeded with `seed` on the device of `where` (a tensor, a device or its name), so
+    random draws into that device's tensors never meet a generator on another device."""
+    dev = where.device if isinstance(where, torch.Tensor) else torch.device(where)
+    if dev.type == "meta":  # shape-only runs (device tests): draws happen on the CPU generator
+        dev = torch.device("cpu")
+    g = torch.Generator(device=dev)
+    g.manual_seed(int(seed))
+    return g

@@ -5,7 +5,15 @@ Each unit has a stable key; when it finishes its JSON-able result is written to
 not recomputed: that is the resume. A failing unit does not lose the finished ones.
 
     units = [Unit(f"fold={k}-seed={s}", train_fold, dict(fold=k, seed=s, cfg=cfg)) for ...]
-    results = run_units(run, units, workers=cfg.workers, ray_address=cfg.ray_address)
+    results = run_units(run, units, workers=cfg.workers, ray_address=cfg.ray_address, device=cfg.device)
+
+On Ray every unit requests its ``num_cpus`` and, when the units run on CUDA (``device`` cuda, or auto
+on a cluster that has GPUs), one GPU unless the unit says otherwise, so a GPU cluster runs the units on
+its GPUs. A remote cluster (``--ray-address host:port``) needs the same detectlab install on every node
+and a filesystem shared with the driver for the data and the run folder (units write their results
+there); ``local`` starts a one-machine cluster. An :class:`InputError` raised in a worker process or a
+Ray task ends the whole grid at once with that error (exit 2 in the CLI); any other failure is kept
+per unit, the finished ones are kept, and :class:`UnitError` reports them together.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from detectlab.core import progress
+from detectlab.core.errors import InputError
 from detectlab.core.runs import Run, write_json
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")
@@ -32,6 +41,9 @@ class Unit:
     key: str
     fn: Callable[..., Any]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: resources requested per unit on Ray; num_gpus None: 1 when the grid runs on CUDA, else 0
+    num_cpus: float = 1
+    num_gpus: float | None = None
 
     @property
     def filename(self) -> str:
@@ -65,12 +77,32 @@ def load_done(run: Run, units: Sequence[Unit]) -> dict[str, Any]:
     return done
 
 
+def _input_error(e: BaseException) -> InputError | None:
+    """The InputError behind `e` (itself, a Ray task error's cause, or a chained cause), else None."""
+    seen = 0
+    while e is not None and seen < 5:
+        if isinstance(e, InputError):
+            return e
+        cause = getattr(e, "cause", None)
+        e = cause if isinstance(cause, BaseException) else e.__cause__
+        seen += 1
+    return None
+
+
+def wants_gpu(device: str, ray_cluster_gpus: float = 0.0) -> bool:
+    d = (device or "auto").lower()
+    if d.startswith("cuda"):
+        return True
+    return d == "auto" and ray_cluster_gpus > 0
+
+
 def run_units(
     run: Run,
     units: Sequence[Unit],
     workers: int = 1,
     ray_address: str = "",
     description: str = "units",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run every unit not already finished; return {key: result} for all units, in order."""
     keys = [u.key for u in units]
@@ -89,7 +121,7 @@ def run_units(
 
     errors: list[str] = []
     if ray_address:
-        _run_ray(todo, ray_address, finish, errors, description)
+        _run_ray(todo, ray_address, finish, errors, description, device)
     elif workers > 1 and len(todo) > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = get_context("spawn")
@@ -105,6 +137,12 @@ def run_units(
                         finish(u, f.result())
                         progress.log(f"{description}: finished {u.key}")
                     except Exception as e:  # noqa: BLE001 - keep the other units going
+                        bad = _input_error(e)
+                        if bad is not None:  # bad input: stop the grid, finished units are kept
+                            for other in pending:
+                                other.cancel()
+                            pool.shutdown(wait=False, cancel_futures=True)
+                            raise bad from None
                         errors.append(f"{u.key}: {e!r}")
                         progress.log(f"{description}: unit {u.key} failed: {e!r}")
                     bar.advance(task)
@@ -116,8 +154,6 @@ def run_units(
                     finish(u, u.fn(**u.kwargs))
                 except Exception as e:
                     # Input errors and interrupts are not unit failures: surface them at once.
-                    from detectlab.core.errors import InputError
-
                     if isinstance(e, InputError):
                         raise
                     errors.append(f"{u.key}: {e!r}")
@@ -128,21 +164,59 @@ def run_units(
     return {k: results[k] for k in keys}
 
 
-def _run_ray(todo: Sequence[Unit], address: str, finish, errors: list[str], description: str) -> None:
+def ray_init(address: str) -> None:
+    """Connect to a Ray cluster ('local' starts one on this machine), passing DETECTLAB_* settings on."""
     import ray
 
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in os.environ.items() if k.startswith("DETECTLAB_")}
+    src = str(Path(__file__).resolve().parents[2])  # this checkout's src/, for workers on this machine
+    env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    runtime_env = {"env_vars": env}
     if address == "local":  # a Ray cluster of this machine only
-        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+        ray.init(log_to_driver=False, include_dashboard=False, runtime_env=runtime_env)
     else:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+
+
+def ray_options(units: Sequence[Unit], device: str) -> list[dict[str, float]]:
+    """Per unit: {"num_cpus": c, "num_gpus": g} as requested from Ray."""
+    import ray
+
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
+    gpu = 1.0 if wants_gpu(device, cluster_gpus) else 0.0
+    return [{"num_cpus": float(u.num_cpus), "num_gpus": float(u.num_gpus if u.num_gpus is not None else gpu)}
+            for u in units]
+
+
+def _run_ray(todo: Sequence[Unit], address: str, finish, errors: list[str], description: str,
+             device: str = "cpu") -> None:
+    import ray
+
+    ray_init(address)
     remote = ray.remote(_call)
-    refs = {remote.remote(u.fn, u.kwargs, 1): u for u in todo}
+    refs = {}
+    for u, opts in zip(todo, ray_options(todo, device)):
+        threads = max(1, int(opts["num_cpus"]))
+        refs[remote.options(**opts).remote(u.fn, u.kwargs, threads)] = u
     pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        u = refs[done[0]]
-        try:
-            finish(u, ray.get(done[0]))
-            progress.log(f"{description}: finished {u.key} on ray")
-        except Exception as e:  # noqa: BLE001
-            errors.append(f"{u.key}: {e!r}")
+    with progress.make_progress() as bar:
+        task = bar.add_task(description, total=len(todo))
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            u = refs[done[0]]
+            try:
+                finish(u, ray.get(done[0]))
+                progress.log(f"{description}: finished {u.key} on ray")
+            except Exception as e:  # noqa: BLE001
+                bad = _input_error(e)
+                if bad is not None:
+                    for r in pending:
+                        ray.cancel(r, force=True)
+                    raise bad from None
+                errors.append(f"{u.key}: {e!r}")
+                progress.log(f"{description}: unit {u.key} failed on ray: {e!r}")
+            bar.advance(task)
