@@ -300,25 +300,20 @@ stamps = {json.dumps(str(stamps))}
 
 
 def _interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
-    """core.bench.interleaved when it exists (issue 11), else the same protocol here."""
-    try:
-        from detectlab.core.bench import interleaved
+    """detectlab.core.bench.interleaved over durations the cases measure themselves (each returns its seconds,
+    e.g. the rounds inside a ServerApp without the process start-up): its timer is a clock that only those
+    measured seconds advance. Order: ours, peer, ours, peer, ..."""
+    from detectlab.core.bench import interleaved
 
-        return interleaved(fns, reps=reps, warmup=warmup, ratio=("ours", "peer"))
-    except ImportError:
-        pass
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    for _ in range(reps):
-        for k, f in fns.items():
-            times[k].append(f())
-    per = [a / b for a, b in zip(times["ours"], times["peer"])]
-    q = np.quantile(per, [0, 0.25, 0.5, 0.75, 1])
-    return {"times": times, "median": {k: float(np.median(v)) for k, v in times.items()},
-            "ratio": {"median": float(q[2]), "min": float(q[0]), "q1": float(q[1]), "q3": float(q[3]),
-                      "max": float(q[4]), "per_rep": per}}
+    clock = [0.0]
+
+    def case(f):
+        def run():
+            clock[0] += f()
+        return run
+
+    return interleaved({k: case(f) for k, f in fns.items()}, reps=reps, warmup=warmup, ratio=("ours", "peer"),
+                       timer=lambda: clock[0])
 
 
 def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, rounds: int = 2, reps: int = 5,

@@ -60,18 +60,46 @@ def test_fedper_sends_only_the_base(fl_run):
 
 
 def test_fedper_heads_are_personal(fl_run):
+    """Catches: heads averaged or held by the server, clients evaluating without their own head, and (unlike
+    the old check, which passed with an empty state) heads not carried across rounds: each client's last
+    round started from its head of the round before, and its exported model is the global base plus exactly
+    the head it kept in its node-local storage; FedAvg clients all evaluate the global model."""
+    from detectlab.violence.client_app import head_file
+
     out, _ = fl_run
+    m = json.loads((out / "metrics.json").read_text())
+    hist = m["experiments"]["balanced2"]["strategies"]["fedper"]["history"]
+    assert [[h["clients"][c]["head_from"] for c in ("0", "1")] for h in hist] == [[0, 0], [1, 1], [2, 2]]
     glob = load_file(str(out / "checkpoints" / "balanced2-fedper-global.safetensors"))
-    c0 = load_file(str(out / "checkpoints" / "balanced2-fedper-client0.safetensors"))
-    c1 = load_file(str(out / "checkpoints" / "balanced2-fedper-client1.safetensors"))
-    for k, v in glob.items():  # both clients evaluate with the same aggregated base ...
-        assert np.array_equal(c0[k], v) and np.array_equal(c1[k], v)
-    heads = [k for k in c0 if k.startswith("head.")]
-    assert heads and all(not np.allclose(c0[k], c1[k]) for k in heads if k.endswith("weight"))  # ... and own heads
-    # FedAvg: every client evaluates the same global model
+    spec = {"run_key": json.loads((out / "federation.json").read_text())["run_key"], "experiment": "balanced2",
+            "strategy": "fedper"}
+    heads = []
+    for c in (0, 1):
+        model = load_file(str(out / "checkpoints" / f"balanced2-fedper-client{c}.safetensors"))
+        kept = load_file(str(head_file(out / "node-state" / f"partition{c}", spec, 3)))
+        assert all(np.array_equal(model[k], v) for k, v in glob.items())  # the same aggregated base ...
+        assert set(kept) == {k for k in model if k.startswith("head.")}
+        assert all(np.array_equal(model[k], v) for k, v in kept.items())  # ... and the head it kept
+        heads.append(kept)
+    assert all(not np.allclose(heads[0][k], heads[1][k]) for k in heads[0] if k.endswith("weight"))
     a0 = load_file(str(out / "checkpoints" / "balanced2-fedavg-client0.safetensors"))
     ag = load_file(str(out / "checkpoints" / "balanced2-fedavg-global.safetensors"))
     assert all(np.array_equal(a0[k], ag[k]) for k in ag)
+
+
+def test_simulation_runs_through_flwr_run(fl_run):
+    """Issue 17 fault 8. Catches: the simulation going through the deprecated flwr.simulation.run_simulation.
+    It runs as a Flower app (the ServerApp and ClientApp of this package, its job in the run config) with
+    `flwr run` on a local simulation SuperLink."""
+    out, _ = fl_run
+    app = (out / "federation" / "app-balanced2" / "pyproject.toml").read_text()
+    assert 'serverapp = "detectlab.violence.server_app:app"' in app
+    assert 'clientapp = "detectlab.violence.client_app:app"' in app
+    assert 'job = "' in app and (out / "federation" / "balanced2.job.json").exists()
+    import detectlab.violence.server_app as sa
+
+    src = Path(sa.__file__).read_text()
+    assert "run_simulation(" not in src and "LocalSimulation" in src
 
 
 def test_the_federation_learns(fl_run):

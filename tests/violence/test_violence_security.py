@@ -155,38 +155,47 @@ def test_certificate_for_another_host_is_rejected(secure):
     assert cli["success"] is False and "Connection to the SuperLink is unavailable" in cli["error-message"]
 
 
-def test_keys_and_certificates_are_private(secure, tmp_path):
-    """Issue 15 test 4. Catches: keys or certificates readable by others, committed to git, or printed.
-    Every file in the secrets folder is owner-only (folder 0700, files 0600), git ignores the folder
-    wherever it is, the repository tracks no key or certificate, and no log or output holds key material."""
-    dep = secure["dep"]
+def test_keys_and_certificates_are_owner_only(tmp_path):
+    """Issue 15 test 4 (files). Catches: keys or certificates readable by others, or committable. The CA,
+    the SuperLink's key and certificate and the SuperNode keys are made at run time in a folder only the
+    owner can open (0700), every file 0600, and git ignores that folder wherever the run folder is."""
+    import shutil
+
+    from detectlab.violence.flower_app import LocalDeployment
+
+    dep = LocalDeployment(tmp_path / "dep", 0, tls=True, auth=True)
+    dep.certs()
+    dep.node_key("node0", register=False)
     sec = dep.secrets
     assert sec.stat().st_mode & 0o777 == 0o700
     files = [f for f in sec.iterdir() if f.name != ".gitignore"]
-    assert {"ca.crt", "ca.key", "server.key", "server.pem", "supernode0.key", "unregistered.key"} <= {f.name for f in files}
+    assert {"ca.crt", "ca.key", "server.key", "server.pem", "node0.key", "node0.key.pub"} <= {f.name for f in files}
     assert all(f.stat().st_mode & 0o077 == 0 for f in files), {f.name: oct(f.stat().st_mode) for f in files}
-    # git ignores the folder even inside a repository
     repo = tmp_path / "repo"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    import shutil
-
-    shutil.copytree(sec, repo / "run" / "secrets")
+    shutil.copytree(sec, repo / "run" / "deployment" / "secrets")
+    (repo / "run" / "log.txt").write_text("a file next to the secrets, which git does see\n")
     st = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=all"],
-                        capture_output=True, text=True, check=True)
-    assert "secrets" not in st.stdout, st.stdout
+                        capture_output=True, text=True, check=True).stdout
+    assert "run/log.txt" in st and "secrets" not in st, st
     tracked = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "ls-files"], capture_output=True,
                              text=True, check=True).stdout.split()
     assert not [t for t in tracked if re.search(r"\.(key|pem|crt|p12)$", t)]
-    # no private material in any log or output: neither the PEM markers nor any line of a key file
+
+
+def test_no_key_material_in_logs_or_outputs(secure):
+    """Issue 15 test 4 (printing). Catches: a key or certificate body written to a log, the run folder or
+    the command output (only paths may appear). No PEM private-key marker and no line of any private key
+    appears in the SuperLink's, the SuperNodes' or the flwr CLI's output, nor in the run folder's text files."""
+    files = [f for f in secure["dep"].secrets.iterdir() if f.suffix == ".key"]
     texts = list(secure["logs"].values()) + [secure["run_output"], secure["victim_log"]]
     texts += [p.read_text(errors="replace") for p in secure["out"].rglob("*") if p.is_file() and p.suffix in
               (".txt", ".json", ".jsonl", ".toml", ".md", ".log")]
     secrets = []
     for f in files:
-        if f.suffix == ".key":
-            body = [ln for ln in f.read_text().splitlines() if ln and not ln.startswith("-----")]
-            secrets += [ln for ln in body if len(ln) >= 40]
-    assert secrets
+        body = [ln for ln in f.read_text().splitlines() if ln and not ln.startswith("-----")]
+        secrets += [ln for ln in body if len(ln) >= 40]
+    assert len(files) >= 6 and secrets
     for t in texts:
         assert "PRIVATE KEY" not in t
         assert not any(s in t for s in secrets)
