@@ -134,11 +134,11 @@ def test_resume_on_other_data_is_refused(tmp_path):
 def test_resume_may_add_units_but_not_change_settings(tmp_path):
     """Fault caught: a resume that adds seeds or models refused (all finished work must be redone), or
     one that changes a real setting accepted (results of two configs mixed)."""
-    r = Run(tmp_path / "r", Cfg(seeds=[0]), "t")
-    run_units(r, [Unit("seed=0", _unitfns.square, {"x": 0})])
+    with Run(tmp_path / "r", Cfg(seeds=[0]), "t") as r:
+        run_units(r, [Unit("seed=0", _unitfns.square, {"x": 0})])
     log = tmp_path / "calls.txt"
-    r2 = Run(tmp_path / "r", Cfg(seeds=[0, 1], models=["natural"]), "t")
-    res = run_units(r2, [Unit(f"seed={s}", _unitfns.square, {"x": s, "log": str(log)}) for s in (0, 1)])
+    with Run(tmp_path / "r", Cfg(seeds=[0, 1], models=["natural"]), "t") as r2:
+        res = run_units(r2, [Unit(f"seed={s}", _unitfns.square, {"x": s, "log": str(log)}) for s in (0, 1)])
     assert _unitfns.calls(str(log)) == [1] and res["seed=1"] == {"sq": 1}
     with pytest.raises(InputError, match="different config.*note"):
         Run(tmp_path / "r", Cfg(seeds=[0, 1], note="other"), "t")
@@ -305,3 +305,19 @@ def test_evaluation_run_pins_its_inputs(tmp_path):
     (model / "checkpoints" / "m.safetensors").write_bytes(b"456")
     with pytest.raises(InputError, match="other data"):
         evaluation_run(tmp_path / "ev", "t", model, d1, {"client": 1})
+
+
+def test_a_vanished_log_file_never_fails_a_unit(tmp_path):
+    """Fault caught: progress.log raising when an earlier run folder (a Run never closed) was deleted, which
+    turned every later unit's 'finished' log line into a unit failure."""
+    import shutil
+
+    from detectlab.core import progress
+
+    Run(tmp_path / "gone", Cfg(), "t")  # left open on purpose
+    shutil.rmtree(tmp_path / "gone")
+    with Run(tmp_path / "r", Cfg(), "t") as run:
+        res = run_units(run, [Unit("x=3", _unitfns.square, {"x": 3})])
+        progress.log("still here")
+    assert res == {"x=3": {"sq": 9}}
+    assert "still here" in (tmp_path / "r" / "log.txt").read_text()

@@ -25,6 +25,8 @@ class Cfg(BaseConfig):
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
+    """Fault caught: overrides applied to the wrong level, untyped (a string where an int belongs), an
+    unknown key accepted silently, or a config that does not survive its own TOML round trip."""
     preset = tmp_path / "p.toml"
     preset.write_text("eps = [0.2, 0.3]\n[train]\nepochs = 5\n")
     cfg = config.load_config(Cfg, "none", str(preset), ["train.lr=1e-3", "name=abc", "eps=[0.5]"])
@@ -48,6 +50,7 @@ def _unit(x, fail=False):
 
 
 def test_units_resume_and_keep_finished(tmp_path):
+    """Fault caught: a failing unit losing the finished ones, or a rerun recomputing finished units."""
     cfg = Cfg()
     run = Run(tmp_path / "r", cfg, "t")
     units = [Unit(f"x={i}", _unit, {"x": i, "fail": i == 2}) for i in range(4)]
@@ -62,6 +65,8 @@ def test_units_resume_and_keep_finished(tmp_path):
 
 
 def test_run_refuses_resume_with_other_config(tmp_path):
+    """Fault caught: a resume with another setting mixing two configs, or one with another runtime field
+    (workers, device) refused."""
     Run(tmp_path / "r", Cfg(), "t").close()
     Run(tmp_path / "r", Cfg(workers=4), "t").close()  # runtime fields may differ
     with pytest.raises(InputError, match="different config"):
@@ -69,6 +74,7 @@ def test_run_refuses_resume_with_other_config(tmp_path):
 
 
 def test_tables_and_metrics(tmp_path):
+    """Fault caught: tables without their CSV twin, NaN written as invalid JSON, tensors not converted."""
     run = Run(tmp_path / "r", Cfg(), "t")
     run.write_table("t1", [{"a": 1, "b": 0.123456}, {"a": 2, "b": float("nan")}], title="T")
     assert "| 1 | 0.1235 |" in (tmp_path / "r/tables/t1.md").read_text()
@@ -78,6 +84,8 @@ def test_tables_and_metrics(tmp_path):
 
 
 def test_checkpoint_roundtrip_and_errors(tmp_path):
+    """Fault caught: weights not restored exactly, a checkpoint of another system or shape accepted, or a
+    corrupt file raising a deep safetensors error instead of one line."""
     m = torch.nn.Linear(3, 2)
     p = checkpoints.save_checkpoint(tmp_path / "m.safetensors", m, "sys", {"n": 3})
     m2 = torch.nn.Linear(3, 2)

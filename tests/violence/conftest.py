@@ -79,13 +79,3 @@ TINY = ["data_opts.size=32", "aug.crop=0", "model.width=4", "fl.batch=8", "fl.lr
 def tiny_overrides():
     return list(TINY)
 
-
-@pytest.fixture(scope="session")
-def faulty_app():
-    """faulty_app("nan:1,shape:2") -> the production ClientApp wrapped by a fault-injecting Flower mod."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("violence_faulty", Path(__file__).with_name("faulty.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.faulty_app

@@ -39,9 +39,12 @@ def log(msg: str) -> None:
     """A timestamped log line on stderr and in every active log.txt."""
     stamp = time.strftime("%H:%M:%S")
     console.print(Text.assemble((stamp, "dim"), " ", str(msg)))
-    for p in _log_files:
-        with open(p, "a", encoding="utf-8") as fh:
-            fh.write(f"{stamp} {msg}\n")
+    for p in list(_log_files):
+        try:
+            with open(p, "a", encoding="utf-8") as fh:
+                fh.write(f"{stamp} {msg}\n")
+        except OSError:  # the run folder is gone (a Run never closed): stop writing there, never fail the caller
+            remove_log_file(p)
 
 
 def make_progress() -> Progress:

@@ -40,14 +40,55 @@ def stratified_kfold(y: Any, k: int, seed: int = 0, groups: Any = None) -> list[
 
 
 def stratified_holdout(y: Any, test_size: float, seed: int = 0, groups: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """One stratified train/test split; grouped (by StratifiedGroupKFold) when groups are given."""
+    """One stratified train/test split; with `groups`, :func:`group_holdout` (no group on both sides)."""
+    if not 0 < test_size < 1:
+        raise InputError("test_size", f"holdout fraction {test_size} is outside (0, 1)")
     y = np.asarray(y)
     if groups is not None:
-        k = max(2, int(round(1 / test_size)))
-        tr, te = stratified_kfold(y, k, seed, groups)[0]
-        return tr, te
+        return group_holdout(y, test_size, groups, seed)
     tr, te = ms.train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed, stratify=y)
     return np.sort(tr), np.sort(te)
+
+
+def group_holdout(y: Any, test_size: float, groups: Any, seed: int = 0, tries: int = 2000
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """A grouped holdout whose test share of the samples is as close to `test_size` as the groups allow.
+
+    Whole groups go to one side. Among `tries` seeded random orders of the groups, each cut where the
+    test share first reaches the target, the split kept is the one that (1) leaves every class on both
+    sides when that is possible, (2) comes closest to `test_size`, (3) keeps the class proportions
+    closest. Works with few groups (a k-fold cut with k = 1/test_size does not: with 5 groups and 0.1 it
+    would hold out a fifth). Raises InputError with fewer than 2 groups."""
+    y = np.asarray(y)
+    g = np.asarray(groups)
+    if g.shape[0] != y.shape[0]:
+        raise InputError("groups", f"{g.shape[0]} group labels for {y.shape[0]} samples")
+    uniq, inv = np.unique(g, return_inverse=True)
+    if uniq.size < 2:
+        raise InputError("groups", f"a grouped holdout needs at least 2 groups, got {uniq.size}")
+    classes = np.unique(y)
+    sizes = np.bincount(inv, minlength=uniq.size)
+    per_class = np.stack([np.bincount(inv, weights=(y == c).astype(float), minlength=uniq.size) for c in classes], 1)
+    total, total_c = sizes.sum(), per_class.sum(0)
+    rng = np.random.default_rng(seed)
+    best_key, best = None, None
+    for _ in range(max(1, tries)):
+        order = rng.permutation(uniq.size)
+        cum = np.cumsum(sizes[order])
+        # cut after k groups (1 <= k <= n-1): the first k whose share reaches the target, or the one before
+        k = int(np.searchsorted(cum, test_size * total))
+        for kk in {max(1, min(uniq.size - 1, k)), max(1, min(uniq.size - 1, k + 1))}:
+            te_groups = order[:kk]
+            share = sizes[te_groups].sum() / total
+            te_c = per_class[te_groups].sum(0)
+            both_sides = bool(np.all(te_c > 0) and np.all(total_c - te_c > 0))
+            balance = float(np.abs(te_c / max(te_c.sum(), 1) - total_c / total).sum())
+            key = (not both_sides, round(abs(share - test_size), 9), round(balance, 9))
+            if best_key is None or key < best_key:
+                best_key, best = key, np.sort(te_groups)
+    test_mask = np.isin(inv, best)
+    idx = np.arange(y.shape[0])
+    return idx[~test_mask], idx[test_mask]
 
 
 def _check_classes(y: np.ndarray, k: int) -> None:
@@ -55,4 +96,5 @@ def _check_classes(y: np.ndarray, k: int) -> None:
     if vals.size < 2:
         raise InputError("labels", f"only one class present ({vals.tolist()})", "at least two classes")
     if counts.min() < k:
-        raise InputError("labels", f"class {vals[counts.argmin()]!r} has {counts.min()} samples, fewer than {k} folds")
+        raise InputError("labels", f"class {vals[counts.argmin()].item()!r} has {int(counts.min())} samples, "
+                                   f"fewer than {k} folds")

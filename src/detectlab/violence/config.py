@@ -93,6 +93,17 @@ class FLConfig:
     client_threads: int = param(1, ge=1)
     sim_cpus: int = param(2, ge=1, doc="CPUs Ray may use (one per client at a time)")
     timeout: float = param(3600.0, gt=0)
+    # federation (fed): robust aggregation, bounded counts, partial participation, bounded rounds
+    aggregation: str = param("fedavg", choices=("fedavg", "median", "trimmed", "krum"),
+                             doc="Flower's FedAvg / FedMedian / FedTrimmedAvg / Krum")
+    trim_beta: float = param(0.25, ge=0, lt=0.5, doc="trimmed: fraction cut from each tail")
+    krum_malicious: int = param(1, ge=0, doc="krum: assumed number of malicious clients")
+    clip_norm: float = param(0.0, ge=0, doc="> 0: clip every update to this L2 norm (server-side fixed clipping)")
+    max_weight: float = param(0.0, ge=0, doc="> 0: no client weighs more than this x the median claimed num-examples")
+    fraction: float = param(1.0, gt=0, le=1, doc="clients sampled per round (partial participation)")
+    min_clients: int = param(1, ge=0, doc="usable updates a round needs (0 = every sampled client), else the run stops")
+    round_timeout: float = param(600.0, gt=0, doc="seconds to wait for the nodes and replies of a round")
+    fault: str = ""  # tests / attack experiments only: "nan:K", "shape:K", "scale:K:S", "count:K:M" (faults.py app)
 
 
 @dataclass
@@ -146,5 +157,5 @@ def client_spec(cfg: Config) -> dict:
             "keep_optimizer": fl.keep_optimizer, "alpha": fl.alpha, "beta": fl.beta, "meta_opt": fl.meta_opt,
             "delta": fl.delta, "variant": fl.variant, "meta_steps": fl.meta_steps, "adapt_steps": fl.adapt_steps,
             "select": fl.select, "eval_stride": fl.eval_stride, "eval_test_every_round": fl.eval_test_every_round,
-            "threads": fl.client_threads, "device": cfg.device,
+            "threads": fl.client_threads, "device": cfg.device, "fault": fl.fault,
             "aug": {"stride": a.stride, "jitter": a.jitter, "crop": a.crop, "flip": a.flip}}

@@ -340,4 +340,39 @@ def figures(run: Run, cfg: Config, metrics: dict, results: dict) -> None:
     run.save_figure(fig, "balanced_accuracy")
 
 
-__all__ = ["run", "collect", "tables", "figures", "target"]
+def report_deployment(run: Run, cfg: Config, fed_metrics: dict) -> dict:
+    """Tables and figures of a deployment run (``detectlab violence deploy``), from the federation's metrics.json:
+    the strategies and the majority class per client (from each node's census counts; the server never holds a
+    clip, so the motion-energy and trained baselines are not available there)."""
+    results: dict = {}
+    jobs: dict = {}
+    for exp, e in fed_metrics["experiments"].items():
+        got = {}
+        census = {}
+        for s, res in e.get("strategies", {}).items():
+            got[s] = {**_learned_extras(res), **train.summarize(res["per_client"])}
+            census = res.get("census", census)
+        per = {}
+        for pid, c in census.items():
+            pc = next(iter(e["strategies"].values()))["per_client"].get(str(pid), {})
+            n_tr = c.get("train_fight", 0) + c.get("train_nonfight", 0) + c.get("val_fight", 0) + c.get("val_nonfight", 0)
+            share = (c.get("train_fight", 0) + c.get("val_fight", 0)) / n_tr if n_tr else 0.5
+            labels = pc.get("test-labels", [])
+            per[str(pid)] = {"test-scores": [share] * len(labels), "test-labels": labels,
+                             "test-clips": pc.get("test-clips", [])}
+        if per:
+            got["majority"] = train.summarize(per)
+        seed = cfg.seed + cfg.seeds[0]
+        results[(exp, "source")] = {seed: got}
+        jobs[(exp, "source", seed)] = {"clients": e.get("clients", []), "n_clients": e.get("n_clients")}
+    metrics = collect(cfg, results, jobs)
+    metrics["model"], metrics["data"] = fed_metrics.get("model", {}), fed_metrics.get("data", {})
+    rows = tables(run, cfg, metrics)
+    metrics["below_baseline"] = below_baseline_summary(rows, name_key="method", group_by=("experiment",))
+    metrics["federation"] = fed_metrics
+    run.write_metrics(metrics)
+    figures(run, cfg, metrics, results)
+    return metrics
+
+
+__all__ = ["run", "collect", "tables", "figures", "target", "report_deployment"]

@@ -181,3 +181,36 @@ def forget(partition_file: str | Path) -> None:
     """Drop the in-memory copies of a partition's clients (a driver process that has finished with them)."""
     for key in [k for k in _CACHE if k[0] == str(partition_file)]:
         del _CACHE[key]
+
+
+def client_from_folder(root: Path, opts: dict, seed: int = 0, cache_dir: Path | None = None
+                       ) -> tuple[ClientData, dict]:
+    """A SuperNode's own folder of clips -> (ClientData, info), read on the node only.
+
+    Held out: the clips named in ``<root>/test.txt`` (one file name per line) when it exists, else a grouped,
+    stratified holdout by source video (``opts["test_fraction"]``, `seed`); validation: a grouped split of the
+    rest (``opts["val_fraction"]``). `info` has the split used, clip counts and a fingerprint of the files.
+    """
+    import hashlib
+
+    from detectlab.violence.data import load_clips
+
+    root = Path(root)
+    cs = load_clips(root, int(opts.get("size", 64)), cache_dir=cache_dir, max_frames=int(opts.get("max_frames", 0)))
+    names = [Path(c["path"]).name for c in cs.clips]
+    split_file = root / "test.txt"
+    if split_file.exists():
+        held = {ln.strip() for ln in split_file.read_text().splitlines() if ln.strip()}
+        test = np.asarray([i for i, n in enumerate(names) if n in held], int)
+        how = "test.txt"
+    else:
+        _, test = stratified_holdout(cs.label, float(opts.get("test_fraction", 0.25)), seed, groups=cs.group)
+        how = "grouped holdout by source video"
+    rest = np.setdiff1d(np.arange(len(cs)), test)
+    tr, va = split_validation(rest, cs.group, cs.n_chunks(), float(opts.get("val_fraction", 0.2)), seed)
+    h = hashlib.sha256((split_file.read_text() if split_file.exists() else "").encode())
+    for c in sorted(cs.clips, key=lambda c: c["path"]):
+        p = Path(c["path"])
+        h.update(f"{p.relative_to(root) if p.is_relative_to(root) else p.name}|{p.stat().st_size}\n".encode())
+    data = ClientData(*(cs.subset(i).materialize() for i in (tr, va, test)))
+    return data, {"split": how, "clips": len(cs), "skipped": len(cs.skipped), "fingerprint": h.hexdigest()[:16]}

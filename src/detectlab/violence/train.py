@@ -15,6 +15,7 @@ metrics are computed the same way for learned rows and baselines.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -131,17 +132,18 @@ def prepare(cfg: Config, run: Run, experiment: str, seed: int, split: str = "sou
         "rounds": fl.rounds, "model": model_dict(cfg), "partition_file": str(pfile), "out": str(run.dir),
         "export": True, "timeout": fl.timeout, "client": dict(client_spec(cfg), experiment=key),
         "data": {"source": cs.source, "counts": cs.counts(), "skipped": cs.skipped}, "clients": clients,
+        "fl": asdict(fl), "device": cfg.device,  # federation settings for the ServerApp
     }
 
 
-def federate(job: dict, strategies: list[str], cfg: Config, grid: Any = None, client_app: Any = None) -> dict[str, Any]:
+def federate(job: dict, strategies: list[str], cfg: Config, grid: Any = None) -> dict[str, Any]:
     """The job's `strategies` on Flower: {strategy: result}. A finished strategy (unit file) is read back."""
     from detectlab.violence.server_app import run_federation, simulate
 
     job = dict(job, strategies=list(strategies))
     if grid is not None:
         return run_federation(grid, job)
-    return simulate(job, cfg.fl.sim_cpus, client_app=client_app)
+    return simulate(job, cfg.fl.sim_cpus)
 
 
 # ---------------------------------------------------------------- metrics of a unit
