@@ -62,7 +62,8 @@ class ModelConfig:
     width: int = param(8, ge=1)
     hidden: list[int] = param([128, 32], ge=1)
     dropout: float = param(0.2, ge=0, lt=1)
-    norm: str = param("none", choices=("none", "group"), doc="normalisation after every convolution")
+    norm: str = param("none", choices=("none", "group", "group_rgb"),
+                      doc="GroupNorm after every convolution (group) or in the RGB branch only (group_rgb)")
     input_norm: str = param("fixed", choices=("fixed", "chunk"), doc="fixed (x-0.45)/0.25, or per-chunk standardisation")
     groups: int = param(4, ge=1)
 

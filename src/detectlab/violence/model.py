@@ -32,7 +32,9 @@ DIFF_SCALE = 4.0
 HEAD_PREFIX = "head."
 
 
-NORMS = ("none", "group")
+#: "group": GroupNorm after every convolution; "group_rgb": only in the RGB (appearance) branch, so the motion
+#: branch's gate and the blocks after it keep how much a chunk moves (GroupNorm there divides it out per chunk)
+NORMS = ("none", "group", "group_rgb")
 INPUT_NORMS = ("fixed", "chunk")
 
 
@@ -63,25 +65,26 @@ class DiffGatedBase(nn.Module):
         w = width
         self.input_norm = input_norm
 
-        def block(cin: int, cout: int, k, last: nn.Module, pool) -> list[nn.Module]:
+        def block(cin: int, cout: int, k, last: nn.Module, pool, normed: bool) -> list[nn.Module]:
             pad = tuple(q // 2 for q in k) if isinstance(k, tuple) else k // 2
             layers = [nn.Conv3d(cin, cout, k, padding=pad)]
-            if norm != "none":
-                layers.append(_norm_layer(norm, cout, groups))
+            if normed:
+                layers.append(_norm_layer("group", cout, groups))
             layers.append(last)
             if pool is not None:
                 layers.append(nn.MaxPool3d(pool))
             return layers
 
-        def branch(last: nn.Module) -> nn.Sequential:
-            return nn.Sequential(*block(3, w, (1, 3, 3), nn.ReLU(inplace=True), (1, 2, 2)),
-                                 *block(w, 2 * w, 3, last, (1, 2, 2)))
+        def branch(last: nn.Module, normed: bool) -> nn.Sequential:
+            return nn.Sequential(*block(3, w, (1, 3, 3), nn.ReLU(inplace=True), (1, 2, 2), normed),
+                                 *block(w, 2 * w, 3, last, (1, 2, 2), normed))
 
-        self.rgb = branch(nn.ReLU(inplace=True))
-        self.diff = branch(nn.Sigmoid())
-        self.merge = nn.Sequential(*block(2 * w, 4 * w, 3, nn.ReLU(inplace=True), 2),
-                                   *block(4 * w, 4 * w, 3, nn.ReLU(inplace=True), 2),
-                                   *block(4 * w, 8 * w, 3, nn.ReLU(inplace=True), None))
+        everywhere = norm == "group"
+        self.rgb = branch(nn.ReLU(inplace=True), norm != "none")
+        self.diff = branch(nn.Sigmoid(), everywhere)
+        self.merge = nn.Sequential(*block(2 * w, 4 * w, 3, nn.ReLU(inplace=True), 2, everywhere),
+                                   *block(4 * w, 4 * w, 3, nn.ReLU(inplace=True), 2, everywhere),
+                                   *block(4 * w, 8 * w, 3, nn.ReLU(inplace=True), None, everywhere))
         self.out_features = 8 * w
         for m in self.modules():  # He init keeps the signal alive through the five conv layers
             if isinstance(m, nn.Conv3d):
