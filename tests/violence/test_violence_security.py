@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not all(map(lambda b: subprocess.run(["which", b
                                             ("openssl", "ssh-keygen"))), reason="needs openssl and ssh-keygen")
 OVERRIDES = ['strategies=["fedper"]', "fl.rounds=1", "fl.epochs=1", "data_opts.size=16", "model.width=4",
              "fl.batch=8", 'data="nodes"', "fl.round_timeout=300"]
-INTRUDERS = ("unregistered", "nocert", "foreignca", "plaintext")
+INTRUDERS = ("unregistered", "nokey", "nocert", "foreignca", "plaintext")
 BOUND = 90  # seconds a refused node may take to give up (it retries for --max-wait-time 20 s)
 
 
@@ -77,6 +77,7 @@ def secure(syn_root, tmp_path_factory):
         bad = f'partition-id=1 data-dir="{sites[1]}" state-dir="{base}/intruder-state"'  # poses as site 1
         t0 = time.monotonic()
         dep.start_node("unregistered", config=bad, key=dep.node_key("unregistered", register=False), max_wait=20)
+        dep.start_node("nokey", config=bad, key=None, max_wait=20)  # TLS with the right CA, but no key at all
         dep.start_node("nocert", config=bad, root_cert=None, key=dep.node_key("nocert"), max_wait=20)
         dep.start_node("foreignca", config=bad, root_cert=foreign[0], key=dep.node_key("foreignca"), max_wait=20)
         dep.start_node("plaintext", config=bad, root_cert=None, key=None, insecure=True, max_wait=20)
@@ -109,16 +110,21 @@ def secure(syn_root, tmp_path_factory):
 
 
 def test_unregistered_supernode_is_refused(secure):
-    """Issue 15 test 1. Catches: SuperNode authentication off (no --enable-supernode-auth), so a node with an
-    unregistered key posing as site 1 joins, receives tasks and answers the census. It must be refused
-    (Flower's code 2004, in its log and the SuperLink's), never receive a message, and the run completes with
-    the two registered sites only."""
+    """Issue 15 test 1. Catches: SuperNode authentication off (no --enable-supernode-auth: Flower's automatic
+    mode lets any node in), so a node posing as site 1 joins, receives tasks and answers the census. A node
+    with an unregistered key is refused (code 2004) and so is a node with no key (code 2001), both in their
+    logs and the SuperLink's; neither receives a message, and the run completes with the registered sites."""
     from detectlab.violence.server_app import read_status
 
     log = secure["logs"]["unregistered.log"]
     assert secure["exit"]["unregistered"] not in (None, 0), log[-2000:]
     assert "[code: 2004] Failed to activate SuperNode" in log
     assert "ApiError:2004" in secure["logs"]["superlink.log"]
+    assert "Receiving:" not in log
+    log = secure["logs"]["nokey.log"]
+    assert secure["exit"]["nokey"] not in (None, 0), log[-2000:]
+    assert "[code: 2001] SuperNode authentication is enabled" in log
+    assert "ApiError:2001" in secure["logs"]["superlink.log"]
     assert "Receiving:" not in log
     st = read_status(secure["out"])
     assert st.get("status") == "finished", (st, secure["run_output"][-3000:])

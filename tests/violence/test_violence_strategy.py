@@ -170,6 +170,41 @@ def test_norm_clipping_bounds_each_update():
     assert np.allclose(w, (0.1 + -0.5) / 2, atol=1e-6)
 
 
+def _census_app(msg, ctx):
+    """A ClientApp that only answers the census, with what its node config says."""
+    nc = ctx.node_config
+    info = {"partition": int(nc["partition-id"]), "n_train": int(nc.get("n", 10)), "fingerprint": nc.get("fp", "a")}
+    r = Message(RecordDict({"census": ConfigRecord({"info": json.dumps(info)})}), reply_to=msg)
+    return r
+
+
+def test_census_knows_each_partition_once():
+    """Catches: an impostor claiming a partition that is already taken being silently accepted, a node that
+    does not answer (killed, not yet offline) blocking the census, and a resumed run over changed data."""
+    from detectlab.violence.strategy import FederationError, RobustFedAvg
+
+    cfg = ConfigRecord({"spec": "{}"})
+    g = FedGrid(_census_app, [{"partition-id": 0}, {"partition-id": 1}, {"partition-id": 1}])
+    with pytest.raises(FederationError, match="two SuperNodes .* say they are partition 1"):
+        RobustFedAvg(2, 1, round_timeout=0.3, poll=0.05).run_census(g, cfg)
+    g = FedGrid(_census_app, [{"partition-id": 0}, {"partition-id": 1}, {"partition-id": 1}])
+    ghost = sorted(g.nodes)[2]
+    g.silent.add(ghost)
+    s = RobustFedAvg(2, 1, round_timeout=0.3, poll=0.05)
+    found = s.run_census(g, cfg)
+    assert sorted(found) == [0, 1] and ghost not in s.node_pid and sorted(s.node_pid.values()) == [0, 1]
+    g2 = FedGrid(_census_app, [{"partition-id": 0}])  # only one of the two SuperNodes ever connects
+    with pytest.raises(FederationError, match="census: only 1 of the 2 SuperNodes needed connected within 0.3 s"):
+        RobustFedAvg(2, 1, round_timeout=0.3, poll=0.05).run_census(g2, cfg)
+    g2 = FedGrid(_census_app, [{"partition-id": 0}, {"partition-id": 1}])
+    g2.silent.add(sorted(g2.nodes)[1])  # connected, never answers
+    with pytest.raises(FederationError, match=r"census: partition\(s\) \[1\] did not answer within 0.3 s"):
+        RobustFedAvg(2, 1, round_timeout=0.3, poll=0.05).run_census(g2, cfg)
+    changed = FedGrid(_census_app, [{"partition-id": 0}, {"partition-id": 1, "fp": "b"}])
+    with pytest.raises(FederationError, match="the data of partition 1 changed"):
+        s.run_census(changed, cfg)
+
+
 # ---- the federation in-process
 def run_job(job, grid, strategy="fedavg", start_fresh=True):
     from detectlab.violence.server_app import run_strategy
@@ -396,8 +431,12 @@ def test_interrupted_run_resumes_to_the_same_result(partition, tmp_path):
     assert st["round"] == 2 and st["head_rounds"] == {"0": 2, "1": 2}
     g.restart(node1)  # fresh Context: the head lives on only in node 1's state folder
     g.pull_messages = real_pull
+    before = len(g.sent)
     res = run_strategy(g, job, "fedper")
     assert [h["round"] for h in res["history"]] == [1, 2, 3, 4]
+    trained = sorted({int(m.content["config"]["server-round"]) for m in g.sent[before:]
+                      if m.metadata.message_type == MessageType.TRAIN})
+    assert trained == [3, 4]  # rounds 1-2 are read back, not trained again
     assert res["history"][2]["clients"]["1"]["head_from"] == 2
     a = load_file(str(tmp_path / "straight" / "checkpoints" / "iid-fedper-global.safetensors"))
     b = load_file(str(tmp_path / "broken" / "checkpoints" / "iid-fedper-global.safetensors"))

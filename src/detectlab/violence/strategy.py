@@ -231,15 +231,18 @@ class RobustFedAvg(FedAvg):
     def run_census(self, grid: Grid, config: ConfigRecord, nodes: Iterable[int] | None = None) -> dict[int, dict]:
         """QUERY nodes (default: all, waiting for n_clients of them): partition-id, counts, data fingerprint.
 
-        The census before round 1 (and on every resume) must hear from every node it asks; a later one for
-        nodes that appeared mid-run (a restarted SuperNode) skips those that do not answer."""
+        The census before round 1 (and on every resume) must hear from every partition, once; a node that
+        does not answer (e.g. a killed SuperNode not yet marked offline) is left out. A later census, for
+        nodes that appeared mid-run (a restarted SuperNode with a new id), lets the new node take over its
+        partition."""
         strict = nodes is None
         cur, self._cur = self._cur, {"round": 0, "missing": []}
         if nodes is None:
             nodes = self.wait_for_nodes(grid, self.n_clients, "census")
         msgs = [Message(RecordDict({"config": ConfigRecord(dict(config))}), message_type=MessageType.QUERY,
                         dst_node_id=n) for n in nodes]
-        found = {}
+        found: dict[int, dict] = {}
+        seen: dict[int, int] = {}
         for m in self.exchange(grid, msgs, "census"):
             node = self.node_of(m)
             if m.has_error():
@@ -250,20 +253,28 @@ class RobustFedAvg(FedAvg):
             pid = int(info["partition"])
             if not 0 <= pid < self.n_clients:
                 raise FederationError(f"census: node {node} says partition-id {pid}, expected 0..{self.n_clients - 1}")
-            for old, p in list(self.node_pid.items()):  # a restarted node (new id) replaces the old one
-                if p == pid and old != node:
-                    del self.node_pid[old]
-            self.node_pid[node] = pid
+            if strict and pid in seen:
+                raise FederationError(f"census: two SuperNodes ({seen[pid]} and {node}) say they are partition {pid}")
+            seen[pid] = node
             known = self.census.get(pid)
             if known is not None and known.get("fingerprint") != info.get("fingerprint"):
                 raise FederationError(f"census: the data of partition {pid} changed since the run started "
                                       f"(fingerprint {known.get('fingerprint')} -> {info.get('fingerprint')})")
-            self.census[pid] = info
             found[pid] = info
-        missing, self._cur = self._cur.get("missing", []), cur
-        if missing and strict:
-            raise FederationError(f"census: {len(missing)} SuperNode(s) did not answer within "
-                                  f"{self.round_timeout:g} s (fl.round_timeout)")
+        for pid, node in seen.items():
+            for old, p in list(self.node_pid.items()):  # a restarted node (new id) replaces the old one
+                if p == pid and old != node:
+                    del self.node_pid[old]
+            self.node_pid[node] = pid
+            self.census[pid] = found[pid]
+        for x in self._cur.get("missing", []):  # a node that did not answer is not a client of this run
+            if x["node"] not in seen.values():
+                self.node_pid.pop(x["node"], None)
+        self._cur = cur
+        absent = sorted(set(range(self.n_clients)) - set(found))
+        if strict and absent:
+            raise FederationError(f"census: partition(s) {absent} did not answer within {self.round_timeout:g} s "
+                                  "(fl.round_timeout)")
         return found
 
     def _nodes_for_round(self, grid: Grid, server_round: int) -> dict[int, int]:
