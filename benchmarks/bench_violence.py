@@ -426,6 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=["smoke", "full"], default="smoke")
     ap.add_argument("--data", default="", help="video folder for the full decode benchmark [DETECTLAB_DATA/video]")
+    ap.add_argument("--part", choices=["all", "decode"], default="all", help="decode: only the decoding comparison")
     args = ap.parse_args(argv)
     from detectlab.core.config import real_data_path
     from detectlab.core.runtime import set_threads
@@ -446,6 +447,14 @@ def main(argv: list[str] | None = None) -> dict:
         files = [c.path for c in find_clips(syn)]
     res["decode"] = decode_throughput(files, size, reps=5)
     res["decode"]["source"] = str(real if (full and real is not None) else "synthetic")
+    if args.part == "decode":
+        d = res["decode"]
+        print(f"decode chunks/s ({d['clips']} clips, {size}x{size}): ours {d['ours_chunks_per_s']:.1f}, OpenCV loop "
+              f"{d['opencv_chunks_per_s']:.1f}; speed-up {d['speedup']['median']:.3f} (median of {d['reps']} "
+              f"interleaved, spread {d['speedup']['min']:.3f}-{d['speedup']['max']:.3f}); frames differ by "
+              f"{d['mean_abs_pixel_difference']:.2f}/255 on average")
+        print(json.dumps({"decode_speedup": d["speedup"], "times": d["times"]}))
+        return res
     res.update(federation(full, tmp, real, size, model_cfg))  # bytes and round time (fed)
     b, d, r = res["bytes"], res["decode"], res["round"]
     q = r["ratio"]

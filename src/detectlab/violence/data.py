@@ -419,11 +419,3 @@ def load_clips(root: Path, size: int = 64, cache_dir: Path | None = None, max_fr
     progress.log(f"violence data: {n['clips']} clips ({n['fight_clips']} fight), {n['frames']} frames, "
                  f"{n['chunks']} chunks of {CHUNK} from {root}")
     return cs
-
-
-def to_tensor(x: np.ndarray):
-    """(N, T, H, W, 3) uint8 -> float32 torch tensor (N, 3, T, H, W) in [0, 1]."""
-    import torch
-
-    t = torch.from_numpy(np.array(x, copy=True) if not x.flags.writeable else np.ascontiguousarray(x))
-    return t.permute(0, 4, 1, 2, 3).float().div_(255.0)

@@ -124,7 +124,8 @@ def epoch_windows(clips: ClipSet, aug: Augment, rng: np.random.Generator) -> tup
 
 def to_tensor(x: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, T, H, W, 3) uint8 -> float32 (N, 3, T, H, W) in [0, 1] on `device`."""
-    t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    x = np.asarray(x)
+    t = torch.from_numpy(np.array(x) if not x.flags.writeable else np.ascontiguousarray(x)).to(device)
     return t.permute(0, 4, 1, 2, 3).float().div_(255.0)
 
 
