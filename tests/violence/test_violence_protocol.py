@@ -50,24 +50,3 @@ def test_chunk_split_is_leaky_and_source_split_is_not(tmp_path):
     assert sides["source"] == (set(), set())
     assert len(sides["chunk"][0]) >= 3 and sides["chunk"][1] == set()  # clips on both sides, no shared item
 
-
-def test_node_folder_split_by_test_txt_and_sources(tmp_path, syn_root):
-    """Fault caught (data ownership): a SuperNode's own folder split so that a held-out clip (test.txt) is trained
-    on, or a source video lands in both its training and its validation clips."""
-    import shutil
-
-    from detectlab.violence.partition import client_from_folder
-
-    site = tmp_path / "site"
-    shutil.copytree(syn_root, site)
-    held = sorted(p.name for p in (site / "fight").glob("*.mp4"))[:2] + sorted(p.name for p in (site / "noFight").glob("*.mp4"))[:1]
-    (site / "test.txt").write_text("\n".join(held) + "\n")
-    data, info = client_from_folder(site, {"size": 16, "val_fraction": 0.25}, seed=0, cache_dir=tmp_path / "c")
-    names = lambda c: {p.split("/")[-1] for p in (x["path"] for x in c.clips)}  # noqa: E731
-    assert names(data.test) == set(held) and info["split"] == "test.txt" and info["clips"] == 24
-    assert not names(data.train) & set(held) and not names(data.val) & set(held)
-    assert len(data.val) and not set(data.train.group) & set(data.val.group)
-    (site / "test.txt").unlink()
-    d2, i2 = client_from_folder(site, {"size": 16, "test_fraction": 0.25}, seed=0, cache_dir=tmp_path / "c")
-    assert i2["split"].startswith("grouped") and not set(d2.test.group) & (set(d2.train.group) | set(d2.val.group))
-    assert i2["fingerprint"] != info["fingerprint"]
