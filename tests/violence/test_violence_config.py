@@ -34,7 +34,7 @@ def test_presets_load_and_differ_where_the_recipe_does():
     from detectlab.violence.config import Config
 
     real, paper = load_config(Config, "violence", "real"), load_config(Config, "violence", "paper")
-    assert real.model.norm == "group" and real.model.input_norm == "chunk" and real.aug.flip and real.aug.stride == 8
+    assert real.model.norm == "group_rgb" and real.model.input_norm == "chunk" and real.aug.flip and real.aug.stride == 8
     assert real.seeds == [0, 1, 2] and "chunk" in real.splits and real.fl.select == "best_val"
     assert paper.model.norm == "none" and paper.model.input_norm == "fixed" and paper.aug.crop == 0
     assert paper.fl.select == "last" and not paper.fl.keep_optimizer and paper.aug.stride == 16
