@@ -45,18 +45,23 @@ def test_motion_branch_is_a_sigmoid_gate():
 
 
 def test_groupnorm_and_chunk_standardisation():
-    """Fault caught: the real preset's recipe silently missing: no GroupNorm in the convolutional blocks, or an
-    input normalisation that lets a camera's brightness/contrast change the prediction."""
+    """Fault caught: the recipe silently missing (no GroupNorm in the convolutional blocks, or an input
+    normalisation that lets a camera's brightness/contrast change the prediction), or a GroupNorm right before the
+    global pooling (it made the pooled features the same for every chunk)."""
     m = DiffGated(width=4, norm="group", input_norm="chunk").eval()
     gns = [x for x in m.base.modules() if isinstance(x, nn.GroupNorm)]
-    assert len(gns) == 7 and all(g.num_groups == 4 for g in gns)
+    assert len(gns) == 6 and all(g.num_groups == 4 for g in gns)  # every convolution but the last
+    assert not any(isinstance(x, nn.GroupNorm) for x in m.base.merge[-2:])
+    rgb_only = DiffGated(width=4, norm="group_rgb")
+    where = [n for n, x in rgb_only.base.named_modules() if isinstance(x, nn.GroupNorm)]
+    assert len(where) == 2 and all(n.startswith("rgb.") for n in where)
     x = torch.rand(2, 3, 16, 32, 32) * 0.5
     with torch.no_grad():
         assert torch.allclose(m(x), m(0.6 * x + 0.2), atol=1e-4)  # darker/brighter camera: same logits
         plain = DiffGated(width=4).eval()
         assert not torch.allclose(plain(x), plain(0.6 * x + 0.2), atol=1e-3)
-    w = 4  # GroupNorm adds a weight and a bias per channel: 2 * (w + 2w) per branch, then 2 * (4w + 4w + 8w)
-    assert param_counts(m)["base"] == param_counts(DiffGated(width=w))["base"] + 2 * 2 * 3 * w + 2 * 16 * w
+    w = 4  # GroupNorm adds a weight and a bias per channel: 2 * (w + 2w) per branch, then 2 * (4w + 4w)
+    assert param_counts(m)["base"] == param_counts(DiffGated(width=w))["base"] + 2 * 2 * 3 * w + 2 * 8 * w
 
 
 class DropNet(nn.Module):
