@@ -41,7 +41,7 @@ TESTS: dict[str, list[str]] = {
                                     "tests/core/test_core_facilities.py::test_resume_may_add_units_but_not_change_settings"],
     "src/detectlab/seizure/events.py": ["tests/seizure/test_seizure_events.py"],
     "src/detectlab/adversarial/detector.py": ["tests/adversarial/test_adversarial_detector.py"],
-    "src/detectlab/violence/strategy.py": ["tests/violence/test_violence_fl.py"],
+    "src/detectlab/violence/strategy.py": ["tests/violence/test_violence_strategy.py"],
     "src/detectlab/violence/partition.py": ["tests/violence/test_violence_partition.py"],
     "src/detectlab/lesions/cocoeval.py": ["tests/lesions/test_lesions_cocoeval.py"],
     "src/detectlab/fluid/baseline.py": ["tests/fluid/test_fluid_baseline_saliency.py"],

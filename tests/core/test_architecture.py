@@ -24,13 +24,14 @@ HIGH = ("train", "experiment", "evaluate", "predict")
 KNOWN_CYCLES: dict[str, set[frozenset[str]]] = {
     "adversarial": {frozenset({"experiment", "train"})},
     "seizure": set(),
-    "violence": {frozenset({"experiment", "server_app"})},
+    "violence": set(),
     "fluid": set(),
     "lesions": {frozenset({"experiment", "figures", "train"})},
 }
 #: Upward imports that exist today and are being removed with the cycles (same rule: must become empty).
 KNOWN_UPWARD: dict[str, list[str]] = {s: ["train -> experiment"] for s in SYSTEMS}
 KNOWN_UPWARD["seizure"] = []
+KNOWN_UPWARD["violence"] = []
 KNOWN_UPWARD["fluid"] = []
 
 

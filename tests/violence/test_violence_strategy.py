@@ -1,0 +1,475 @@
+"""The federation's server side and client side in-process (real Flower Messages, real ClientApp handlers,
+an in-process Grid): update checks, count bounds, robust aggregation under a scaled-update attack,
+partial participation, bounded rounds with a silent node, bytes counted from the messages, per-message
+seeds, heads that survive a restart (and are an error when missing), and resume inside a strategy."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+
+from detectlab.violence.flower_app import InProcessGrid as FedGrid  # noqa: E402
+MODEL = {"arch": "DiffGated", "width": 2, "hidden": [16, 8], "dropout": 0.3, "size": 16}
+CLIENT = {"lr": 0.003, "weight_decay": 0.0, "epochs": 4, "batch": 8, "alpha": 0.03, "beta": 0.1, "delta": 1e-3,
+          "variant": "fo", "meta_steps": 0, "adapt_steps": 1, "threads": 1, "fault": "",
+          "aug": {"stride": 16, "jitter": 0, "crop": 0, "flip": False}, "eval_stride": 16}
+
+
+def chunks(rng: np.random.Generator, n: int, motion: bool) -> np.ndarray:
+    """(n, 16, 16, 16, 3) uint8: a bright square that jumps around (motion) or stands still."""
+    x = rng.integers(40, 80, size=(n, 16, 16, 16, 3), dtype=np.uint8)
+    for i in range(n):
+        r, c = rng.integers(0, 12, 2)
+        for t in range(16):
+            if motion:
+                r, c = rng.integers(0, 12, 2)
+            x[i, t, r:r + 4, c:c + 4] = 230
+    return x
+
+
+@pytest.fixture(scope="module")
+def partition(tmp_path_factory):
+    """4 clients x (24 train + 12 test) chunks, half with motion (label 1), as a real partition file."""
+    from detectlab.violence.partition import save_partition
+
+    d = tmp_path_factory.mktemp("fedpart")
+    rng = np.random.default_rng(0)
+    k, ntr, nte = 4, 24, 12
+    per = ntr + nte
+    x = np.concatenate([chunks(rng, per // 2, True) if j % 2 == 0 else chunks(rng, per // 2, False)
+                        for _ in range(k) for j in range(2)])
+    y = np.concatenate([np.full(per // 2, 1 - j % 2) for _ in range(k) for j in range(2)])
+    np.save(d / "frames.npy", x.reshape(-1, *x.shape[2:]))  # every chunk's 16 frames, in order
+    clip = np.arange(len(y)) // 2  # two chunks per "clip": a clip is 32 frames (violence's clip table)
+    n_clips = int(clip.max()) + 1
+    table = {"start": np.arange(n_clips) * 32, "length": np.full(n_clips, 32), "label": y[::2],
+             "group": [f"g{c}" for c in range(n_clips)], "parent": np.arange(n_clips)}
+    train, test = [], []
+    for i in range(k):
+        idx = np.arange(i * per, (i + 1) * per)
+        cl = np.unique(clip[idx])
+        rng.shuffle(cl)
+        te = np.sort(cl[: nte // 2])
+        train.append(np.sort(np.setdiff1d(cl, te)))
+        test.append(te)
+    return save_partition(d / "partition.npz", str(d / "frames.npy"), table, train, [t[:0] for t in train], test)
+
+
+def make_job(out: Path, pfile: Path, strategies=("fedavg",), rounds=3, n=4, experiment="iid", **fl) -> dict:
+    return {"experiment": experiment, "n_clients": n, "rounds": rounds, "seed": 0, "model": dict(MODEL),
+            "partition_file": str(pfile), "out": str(out), "export": True, "timeout": 60,
+            "strategies": list(strategies), "client": dict(CLIENT, fault=fl.pop("fault", "")),
+            "fl": dict({"round_timeout": 60.0}, **fl)}
+
+
+def grid_for(n: int, faulty: bool = False):
+    from detectlab.violence import client_app, faults
+
+    return FedGrid(faults.app if faulty else client_app.app, [{"partition-id": i} for i in range(n)])
+
+
+def arrays_equal(a: ArrayRecord, b: ArrayRecord) -> bool:
+    return set(a) == set(b) and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+# ---- checks and bounds by hand
+def _reply_content(arrays: dict, **metrics) -> RecordDict:
+    mr = {"num-examples": 10, "partition-id": 0, "train-loss": 0.5, "train-acc": 0.5, "head-from": 0}
+    mr.update(metrics)
+    return RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}), "metrics": MetricRecord(mr)})
+
+
+def test_check_update_by_hand():
+    """Catches: NaN/Inf, wrong shape/dtype/keys, a second ArrayRecord, odd metric keys (which would crash
+    Flower's consistency check) and an impossible num-examples all reaching the average."""
+    from detectlab.violence.strategy import check_update, content_bytes, data_bytes
+
+    exp = {"w": ((2, 3), "float32"), "b": ((3,), "float32")}
+    w, b = np.zeros((2, 3), np.float32), np.ones(3, np.float32)
+    ok = _reply_content({"w": w, "b": b})
+    assert check_update(ok, exp) is None
+    assert "non-finite" in check_update(_reply_content({"w": np.full((2, 3), np.inf, np.float32), "b": b}), exp)
+    assert "non-finite" in check_update(_reply_content({"w": w, "b": np.full(3, np.nan, np.float32)}), exp)
+    assert "wrong shape" in check_update(_reply_content({"w": np.zeros((3, 2), np.float32), "b": b}), exp)
+    assert "wrong dtype" in check_update(_reply_content({"w": w.astype(np.float64), "b": b}), exp)
+    assert "wrong keys" in check_update(_reply_content({"w": w}), exp)
+    two = _reply_content({"w": w, "b": b})
+    two["more"] = ArrayRecord({"w": Array(w)})
+    assert "2 ArrayRecords" in check_update(two, exp)
+    assert "metric keys" in check_update(_reply_content({"w": w, "b": b}, extra=1.0), exp)
+    for bad in (0, -5, 2 * 10**9, 1.5):
+        assert "num-examples" in check_update(_reply_content({"w": w, "b": b}, **{"num-examples": bad}), exp), bad
+    assert data_bytes(ok["arrays"]) == (6 + 3) * 4
+    sizes = content_bytes(ok)
+    assert sizes["data"] == 36 and sizes["payload"] == ok["arrays"].count_bytes() + ok["metrics"].count_bytes()
+
+
+def test_bound_counts_by_hand():
+    """Catches: a claimed num-examples above the census count, or far above the others', weighting the mean."""
+    from detectlab.violence.strategy import bound_counts
+
+    claims = {0: 20, 1: 22, 2: 24, 3: 2400}
+    assert bound_counts(claims, {}) == claims  # nothing known, no cap: trusted as is
+    assert bound_counts(claims, {0: 20, 1: 22, 2: 24, 3: 24}) == {0: 20, 1: 22, 2: 24, 3: 24}
+    assert bound_counts(claims, {3: 30}) == {0: 20, 1: 22, 2: 24, 3: 30}
+    assert bound_counts({0: 5, 1: 3}, {0: 4, 1: 9}) == {0: 4, 1: 3}  # a claim below the census count stays
+    # median of (20, 22, 24, 2400) = 23; cap 2 x 23 = 46
+    assert bound_counts(claims, {}, max_weight=2.0) == {0: 20, 1: 22, 2: 24, 3: 46}
+    assert bound_counts({0: 10, 1: 30}, {}, max_weight=1.5) == {0: 10, 1: 30}  # median 20 -> cap 30
+    assert bound_counts({0: 10, 1: 31}, {}, max_weight=1.5) == {0: 10, 1: 30}
+
+
+def _train_reply(strat_msg: Message, arrays: dict, n: int) -> Message:
+    r = Message(_reply_content(arrays, **{"num-examples": n}), reply_to=strat_msg)
+    r.metadata.__dict__["_message_id"] = f"r{id(r)}"
+    return r
+
+
+@pytest.mark.parametrize("aggregation,close", [("fedavg", False), ("median", True), ("trimmed", True),
+                                               ("krum", True)])
+def test_robust_aggregators_by_hand(aggregation, close):
+    """Catches: one of four clients (-1000 x its update, 100 x its count) moving the aggregate. The robust
+    options (Flower's FedMedian, FedTrimmedAvg, Krum) stay within the honest updates; FedAvg does not."""
+    from detectlab.violence.strategy import RobustFedAvg
+
+    g = FedGrid(lambda m, c: None, [{"partition-id": i} for i in range(4)])
+    s = RobustFedAvg(4, 1, aggregation=aggregation, trim_beta=0.25, krum_malicious=1)
+    s.node_pid = {n: i for i, n in enumerate(sorted(g.nodes))}
+    base = np.zeros(5, np.float32)
+    msgs = s.configure_train(1, ArrayRecord({"w": Array(base)}), ConfigRecord({"spec": "{}"}), g)
+    g.push_messages(msgs)
+    honest = [np.full(5, v, np.float32) for v in (1.0, 1.1, 0.9)]
+    ups = honest + [base - 1000 * (np.full(5, 1.0, np.float32) - base)]
+    replies = [_train_reply(m, {"w": u}, 20 if i < 3 else 2000) for i, (m, u) in enumerate(zip(msgs, ups))]
+    arrays, _ = s.aggregate_train(1, replies)
+    w = arrays["w"].numpy()
+    assert bool(np.all((w >= 0.9 - 1e-6) & (w <= 1.1 + 1e-6))) == close, w
+
+
+def test_norm_clipping_bounds_each_update():
+    """Catches: clip_norm not reaching Flower's DifferentialPrivacyServerSideFixedClipping (the -1000x
+    update would then enter the mean unclipped)."""
+    from detectlab.violence.strategy import RobustFedAvg
+
+    g = FedGrid(lambda m, c: None, [{"partition-id": i} for i in range(2)])
+    s = RobustFedAvg(2, 1, clip_norm=1.0)
+    s.node_pid = {n: i for i, n in enumerate(sorted(g.nodes))}
+    base = np.zeros(4, np.float32)
+    msgs = s.configure_train(1, ArrayRecord({"w": Array(base)}), ConfigRecord({"spec": "{}"}), g)
+    g.push_messages(msgs)
+    replies = [_train_reply(msgs[0], {"w": np.full(4, 0.1, np.float32)}, 10),
+               _train_reply(msgs[1], {"w": np.full(4, -1000.0, np.float32)}, 10)]
+    w = s.aggregate_train(1, replies)[0]["w"].numpy()
+    # update 1 (norm 0.2) passes unchanged, update 2 (norm 2000) is scaled to norm 1: -0.5 per coordinate
+    assert np.allclose(w, (0.1 + -0.5) / 2, atol=1e-6)
+
+
+def _census_app(msg, ctx):
+    """A ClientApp that only answers the census, with what its node config says."""
+    nc = ctx.node_config
+    info = {"partition": int(nc["partition-id"]), "n_train": int(nc.get("n", 10)), "fingerprint": nc.get("fp", "a")}
+    r = Message(RecordDict({"census": ConfigRecord({"info": json.dumps(info)})}), reply_to=msg)
+    return r
+
+
+def test_census_knows_each_partition_once():
+    """Catches: an impostor claiming a partition that is already taken being silently accepted, a node that
+    does not answer (killed, not yet offline) blocking the census, and a resumed run over changed data."""
+    from detectlab.violence.strategy import FederationError, RobustFedAvg
+
+    cfg = ConfigRecord({"spec": "{}"})
+    g = FedGrid(_census_app, [{"partition-id": 0}, {"partition-id": 1}, {"partition-id": 1}])
+    with pytest.raises(FederationError, match="two SuperNodes .* say they are partition 1"):
+        RobustFedAvg(2, 1, round_timeout=0.3, poll=0.05).run_census(g, cfg)
+    g = FedGrid(_census_app, [{"partition-id": 0}, {"partition-id": 1}, {"partition-id": 1}])
+    ghost = sorted(g.nodes)[2]
+    g.silent.add(ghost)
+    s = RobustFedAvg(2, 1, round_timeout=0.3, poll=0.05)
+    found = s.run_census(g, cfg)
+    assert sorted(found) == [0, 1] and ghost not in s.node_pid and sorted(s.node_pid.values()) == [0, 1]
+    g2 = FedGrid(_census_app, [{"partition-id": 0}])  # only one of the two SuperNodes ever connects
+    with pytest.raises(FederationError, match="census: only 1 of the 2 SuperNodes needed connected within 0.3 s"):
+        RobustFedAvg(2, 1, round_timeout=0.3, poll=0.05).run_census(g2, cfg)
+    g2 = FedGrid(_census_app, [{"partition-id": 0}, {"partition-id": 1}])
+    g2.silent.add(sorted(g2.nodes)[1])  # connected, never answers
+    with pytest.raises(FederationError, match=r"census: partition\(s\) \[1\] did not answer within 0.3 s"):
+        RobustFedAvg(2, 1, round_timeout=0.3, poll=0.05).run_census(g2, cfg)
+    changed = FedGrid(_census_app, [{"partition-id": 0}, {"partition-id": 1, "fp": "b"}])
+    with pytest.raises(FederationError, match="the data of partition 1 changed"):
+        s.run_census(changed, cfg)
+
+
+# ---- the federation in-process
+def run_job(job, grid, strategy="fedavg", start_fresh=True):
+    from detectlab.violence.server_app import run_strategy
+
+    return run_strategy(grid, job, strategy)
+
+
+def test_robust_option_holds_accuracy_under_attack(partition, tmp_path):
+    """Catches: one of four clients sending -1000 x its update with 100 x its count taking over the model.
+    With fl.aggregation=median the held-out accuracy stays within 0.05 of the clean run; plain FedAvg under
+    the same attack collapses (so the attack is real)."""
+    attack = "scale:3:-1000,count:3:100"
+    clean = run_job(make_job(tmp_path / "clean", partition, rounds=6), grid_for(4))
+    robust = run_job(make_job(tmp_path / "robust", partition, rounds=6, aggregation="median", fault=attack),
+                     grid_for(4, faulty=True))
+    naive = run_job(make_job(tmp_path / "naive", partition, rounds=6, fault=attack), grid_for(4, faulty=True))
+    assert clean["accuracy"] >= 0.75, clean["accuracy"]  # the clean federation learns the motion cue
+    assert abs(robust["accuracy"] - clean["accuracy"]) <= 0.05, (robust["accuracy"], clean["accuracy"])
+    assert naive["accuracy"] < clean["accuracy"] - 0.2 or not math.isfinite(naive["loss"])
+    # the 100x claim was cut to the census count of client 3 every round
+    assert [(b["partition"], b["claimed"], b["weight"]) for b in robust["bounded"]] == [(3, 2400, 24)] * 6
+
+
+def test_partial_participation_samples_a_fraction(partition, tmp_path):
+    """Catches: fl.fraction ignored (every client trains every round), or a sampling that is not reproducible
+    from the seed; evaluation still covers every client."""
+    job = make_job(tmp_path / "run", partition, rounds=3, fraction=0.5)
+    res = run_job(job, grid_for(4))
+    sampled = [h["sampled"] for h in res["history"]]
+    assert all(len(s) == 2 for s in sampled) and len({tuple(s) for s in sampled}) > 1, sampled
+    for h in res["history"]:
+        trained = {int(p) for p, c in h["clients"].items() if c.get("train_loss") is not None}
+        assert trained == set(h["sampled"])
+    assert set(res["per_client"]) == {"0", "1", "2", "3"}
+    again = run_job(make_job(tmp_path / "again", partition, rounds=3, fraction=0.5), grid_for(4))
+    assert [h["sampled"] for h in again["history"]] == sampled
+
+
+def test_silent_node_ends_the_round_after_the_timeout(partition, tmp_path):
+    """Catches: a round that waits forever for a SuperNode that died mid-round. With every client required
+    (fl.min_clients=0) the run stops with one line naming the partition and the timeout; with the default
+    (fl.min_clients=1) the round completes with the others."""
+    from detectlab.violence.server_app import run_strategy
+    from detectlab.violence.strategy import FederationError
+
+    g = grid_for(2)
+    g.mute[sorted(g.nodes)[1]] = {MessageType.TRAIN}  # answers the census, then dies before training
+    job = make_job(tmp_path / "strict", partition, rounds=1, n=2, round_timeout=0.5, min_clients=0)
+    with pytest.raises(FederationError) as e:
+        run_strategy(g, job, "fedavg")
+    line = str(e.value)
+    assert "\n" not in line and "round 1: 1 usable update(s), 2 needed" in line
+    assert "partition 1: no reply within 0.5 s" in line and "no round finished" in line
+    g2 = grid_for(2)
+    g2.mute[sorted(g2.nodes)[1]] = {MessageType.TRAIN, MessageType.EVALUATE}
+    res = run_strategy(g2, make_job(tmp_path / "lenient", partition, rounds=1, n=2, round_timeout=0.5,
+                                    min_clients=1), "fedavg")
+    assert res["rounds"] == 1 and res["history"][0]["missing"][0]["partition"] == 1
+    assert set(res["history"][0]["clients"]) == {"0", "1"} and res["per_client"]["1"]["accuracy"] is None
+
+
+def test_bytes_are_counted_from_the_messages(partition, tmp_path):
+    """Catches: bytes taken from a fresh state_dict instead of the messages, the evaluate direction left
+    out, or the last round's personal-model upload not counted."""
+    from detectlab.violence.model import build_model
+    from detectlab.violence.strategy import content_bytes, data_bytes
+
+    g = grid_for(2)
+    res = run_job(make_job(tmp_path / "run", partition, rounds=2, n=2), g, "fedper")
+    sd = build_model(MODEL).state_dict()
+    base = sum(v.numel() * 4 for k, v in sd.items() if k.startswith("base."))
+    full = sum(v.numel() * 4 for v in sd.values())
+    h1, h2 = (h["bytes"] for h in res["history"])
+    assert h1["up"] == 2 * base and h1["down"] == 2 * 2 * base  # up: train replies; down: train + evaluate
+    assert h2["up"] == 2 * base + 2 * full  # the last round's evaluate replies carry the personal models
+    assert h2["down"] == h1["down"]
+    sent = [m for m in g.sent if m.metadata.message_type in (MessageType.TRAIN, MessageType.EVALUATE)]
+    assert sum(content_bytes(m.content)["payload"] for m in sent) == h1["payload_down"] + h2["payload_down"]
+    assert sum(data_bytes(m.content["arrays"]) for m in sent) == h1["down"] + h2["down"]
+    assert res["bytes_total"]["up"] == h1["up"] + h2["up"]
+
+
+def _call(app, mtype, arrays, spec, ctx, rnd, head_rounds=None):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    cfg = ConfigRecord({"spec": json.dumps(spec), "server-round": rnd,
+                        "head-rounds": json.dumps(head_rounds or {})})
+    m = Message(RecordDict({"arrays": arrays, "config": cfg}), message_type=mtype, dst_node_id=ctx.node_id)
+    m.metadata.__dict__["_message_id"] = f"x{rnd}"
+    return app(m, ctx)
+
+
+def _ctx(pid, **nc):
+    from flwr.app import Context
+
+    return Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid, **nc}, state=RecordDict(),
+                   run_config={})
+
+
+def _spec(partition, tmp, strategy="fedavg", **kw):
+    return dict(CLIENT, strategy=strategy, experiment="iid", model=MODEL, seed=0, run_key="k",
+                partition_file=str(partition), state_dir=str(tmp), epochs=1, batch=100, **kw)
+
+
+def test_dropout_masks_change_between_rounds(partition, tmp_path):
+    """Catches fault 7: the global seed reset on every message, so every round repeats the same dropout masks.
+    One full batch (no order effect), same weights, rounds 1 and 2: the updates must differ; the same
+    round twice must give the same update."""
+    from detectlab.violence import client_app
+    from detectlab.violence.server_app import initial_arrays
+
+    arrays = initial_arrays({"seed": 0, "model": MODEL}, "fedavg")
+    spec = _spec(partition, tmp_path)
+    out = [_call(client_app.app, MessageType.TRAIN, arrays, spec, _ctx(0), r).content["arrays"] for r in (1, 2, 1)]
+    assert not arrays_equal(out[0], out[1]) and arrays_equal(out[0], out[2])
+
+
+def test_production_client_ignores_the_fault_setting(partition, tmp_path):
+    """Catches fault 7's second half: the fault-injection hook running in the production ClientApp."""
+    from detectlab.violence import client_app, faults
+    from detectlab.violence.server_app import initial_arrays
+
+    arrays = initial_arrays({"seed": 0, "model": MODEL}, "fedavg")
+    spec = _spec(partition, tmp_path, fault="nan:0,count:0:100")
+    prod = _call(client_app.app, MessageType.TRAIN, arrays, spec, _ctx(0), 1)
+    bad = _call(faults.app, MessageType.TRAIN, arrays, spec, _ctx(0), 1)
+    assert all(np.isfinite(a.numpy()).all() for a in prod.content["arrays"].values())
+    assert int(prod.content["metrics"]["num-examples"]) == 24
+    assert not np.isfinite(next(iter(bad.content["arrays"].values())).numpy()).all()
+    assert int(bad.content["metrics"]["num-examples"]) == 2400
+    with pytest.raises(ValueError, match="cannot read"):
+        faults.parse("explode:1")
+
+
+def test_heads_are_keyed_by_run_experiment_and_strategy(partition, tmp_path):
+    """Catches fault 2: a head key without the experiment, so a client starts imbalanced3 with its balanced2
+    head; and a head missing mid-run silently rebuilt from the seed."""
+    from detectlab.violence import client_app
+    from detectlab.violence.server_app import initial_arrays
+
+    base = initial_arrays({"seed": 0, "model": MODEL}, "fedper")
+    ctx = _ctx(0)
+    a = _spec(partition, tmp_path, "fedper")
+    r1 = _call(client_app.app, MessageType.TRAIN, base, a, ctx, 1)
+    assert int(r1.content["metrics"]["head-from"]) == 0
+    f1 = client_app.head_file(tmp_path / "partition0", a, 1)
+    assert f1.exists() and "iid-fedper" in str(f1) and "/k/" in str(f1)
+    b = dict(a, experiment="other")  # same node, same strategy, another experiment: its own (new) head
+    with pytest.raises(client_app.HeadMissing):
+        client_app.load_head(ctx, b, 1)
+    r = _call(client_app.app, MessageType.TRAIN, base, b, ctx, 1)
+    assert int(r.content["metrics"]["head-from"]) == 0
+    assert client_app.head_file(tmp_path / "partition0", b, 1).exists()
+    # round 2 of the first experiment continues from its round-1 head, read back from disk after a restart
+    fresh = _ctx(0)
+    head1 = client_app.load_head(fresh, a, 1)
+    from safetensors.torch import load_file
+
+    assert all(np.array_equal(head1[k].numpy(), v.numpy()) for k, v in load_file(str(f1)).items())
+    r2 = _call(client_app.app, MessageType.TRAIN, base, a, fresh, 2, {"0": 1})
+    assert not r2.has_error() and int(r2.content["metrics"]["head-from"]) == 1
+    # the head file gone: an error naming the head and round, never a fresh head
+    f1.unlink()
+    with pytest.raises(client_app.HeadMissing, match="from round 1 is missing"):
+        _call(client_app.app, MessageType.TRAIN, base, a, _ctx(0), 2, {"0": 1})
+
+
+def test_fedper_heads_are_personal_and_bases_shared(partition, tmp_path):
+    """Catches: the server averaging or holding heads, or clients evaluating without their own head. After
+    FedPer, every client's exported model has the global base and a head that is its own (and equal to the
+    head it kept), different from every other client's."""
+    from safetensors.numpy import load_file
+
+    from detectlab.violence import client_app
+
+    job = make_job(tmp_path / "run", partition, rounds=2, n=3)
+    res = run_job(job, grid_for(3), "fedper")
+    ck = Path(job["out"]) / "checkpoints"
+    glob = load_file(str(ck / "iid-fedper-global.safetensors"))
+    assert glob and all(k.startswith("base.") for k in glob)
+    spec = {"run_key": json.loads((Path(job["out"]) / "federation.json").read_text())["run_key"],
+            "experiment": "iid", "strategy": "fedper"}
+    heads = []
+    for c in range(3):
+        m = load_file(str(ck / f"iid-fedper-client{c}.safetensors"))
+        assert all(np.array_equal(m[k], v) for k, v in glob.items())
+        kept = load_file(str(client_app.head_file(Path(job["out"]) / "node-state" / f"partition{c}", spec, 2)))
+        assert set(kept) == {k for k in m if k.startswith("head.")}
+        assert all(np.array_equal(m[k], kept[k]) for k in kept)
+        heads.append(np.concatenate([kept[k].ravel() for k in sorted(kept)]))
+    assert all(not np.allclose(heads[i], heads[j]) for i in range(3) for j in range(i + 1, 3))
+    assert [res["history"][1]["clients"][str(c)]["head_from"] for c in range(3)] == [1, 1, 1]
+
+
+def test_interrupted_run_resumes_to_the_same_result(partition, tmp_path):
+    """Catches fault 6 (and 2): an interrupted FedPer run that restarts from round 1, loses the server state,
+    or continues a restarted client from a fresh head. A SuperNode dies in round 3 of 4 (the run stops with
+    one line); it restarts (its in-memory state is gone, its disk is not); the rerun continues at round 3 and
+    ends exactly where an uninterrupted run ends."""
+    from safetensors.numpy import load_file
+
+    from detectlab.violence.server_app import run_strategy
+    from detectlab.violence.strategy import FederationError
+
+    straight = make_job(tmp_path / "straight", partition, rounds=4, n=2)
+    run_strategy(grid_for(2), straight, "fedper")
+
+    job = make_job(tmp_path / "broken", partition, rounds=4, n=2, round_timeout=0.5, min_clients=0)
+    g = grid_for(2)
+    node1 = sorted(g.nodes)[1]
+    real_pull = g.pull_messages
+
+    def pull(ids):  # node 1 dies when round 3's training messages go out
+        if any(m.metadata.message_type == MessageType.TRAIN and int(m.content["config"]["server-round"]) == 3
+               for m in g.sent[-2:]):
+            g.silent.add(node1)
+        return real_pull(ids)
+
+    g.pull_messages = pull
+    with pytest.raises(FederationError, match="round 3: 1 usable update.*rounds 1-2 are kept, rerun to resume"):
+        run_strategy(g, job, "fedper")
+    st = json.loads((tmp_path / "broken" / "state" / "iid-fedper" / "server.json").read_text())
+    assert st["round"] == 2 and st["head_rounds"] == {"0": 2, "1": 2}
+    g.restart(node1)  # fresh Context: the head lives on only in node 1's state folder
+    g.pull_messages = real_pull
+    before = len(g.sent)
+    res = run_strategy(g, job, "fedper")
+    assert [h["round"] for h in res["history"]] == [1, 2, 3, 4]
+    trained = sorted({int(m.content["config"]["server-round"]) for m in g.sent[before:]
+                      if m.metadata.message_type == MessageType.TRAIN})
+    assert trained == [3, 4]  # rounds 1-2 are read back, not trained again
+    assert res["history"][2]["clients"]["1"]["head_from"] == 2
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "iid-fedper-global.safetensors"))
+    b = load_file(str(tmp_path / "broken" / "checkpoints" / "iid-fedper-global.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    for c in (0, 1):
+        pa = load_file(str(tmp_path / "straight" / "checkpoints" / f"iid-fedper-client{c}.safetensors"))
+        pb = load_file(str(tmp_path / "broken" / "checkpoints" / f"iid-fedper-client{c}.safetensors"))
+        assert all(np.array_equal(pa[k], pb[k]) for k in pa)
+
+
+def test_restarted_node_without_its_head_is_an_error(partition, tmp_path):
+    """Catches fault 2's silent rebuild: a client whose node lost its storage mid-run gets a fresh head.
+    The error reply names the missing head and the run stops with one line."""
+    import shutil
+
+    from detectlab.violence.server_app import run_strategy
+    from detectlab.violence.strategy import FederationError
+
+    job = make_job(tmp_path / "run", partition, rounds=2, n=2, round_timeout=2, min_clients=0)
+    g = grid_for(2)
+    node1 = sorted(g.nodes)[1]
+    real, done = g.pull_messages, []
+
+    def pull(ids):  # node 1 loses its storage and restarts just before round 2's training reaches it
+        last = g.sent[-1]
+        if last.metadata.message_type == MessageType.TRAIN and int(last.content["config"]["server-round"]) == 2 \
+                and not done:
+            shutil.rmtree(tmp_path / "run" / "node-state" / "partition1")
+            g.restart(node1)
+            done.append(1)
+        return real(ids)
+
+    g.pull_messages = pull
+    with pytest.raises(FederationError) as e:
+        run_strategy(g, job, "fedper")
+    assert "partition 1: HeadMissing" in str(e.value) and "from round 1 is missing" in str(e.value)
