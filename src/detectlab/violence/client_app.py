@@ -93,7 +93,6 @@ _DATA: dict[tuple, tuple] = {}
 
 def node_data(data_dir: Path, spec: dict, cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     """(x_train, y_train, x_test, y_test, info) of a site's own folder of clips."""
-    from detectlab.core.splits import stratified_holdout
     from detectlab.violence.data import load_chunks
 
     d = spec.get("data", {})
@@ -110,6 +109,8 @@ def node_data(data_dir: Path, spec: dict, cache: Path | None) -> tuple[np.ndarra
         test_clips = np.asarray([i for i, n in enumerate(names) if n in held], int)
         how = "test.txt"
     else:
+        from detectlab.core.splits import stratified_holdout  # scikit-learn: ~1 s to import, only when needed
+
         labels = np.asarray([c["label"] for c in cs.clips])
         groups = np.asarray([c["group"] for c in cs.clips])
         _, test_clips = stratified_holdout(labels, float(d.get("test_fraction", 0.25)), int(spec.get("seed", 0)),
@@ -120,6 +121,7 @@ def node_data(data_dir: Path, spec: dict, cache: Path | None) -> tuple[np.ndarra
     files = [(str(Path(c["path"]).relative_to(root)) if Path(c["path"]).is_relative_to(root) else Path(c["path"]).name,
               Path(c["path"]).stat().st_size) for c in cs.clips]
     info = {"source": "node data-dir", "split": how, "clips": len(cs.clips), "skipped": len(cs.skipped),
+            "test_clips": int(len(test_clips)), "train_clips": int(len(cs.clips) - len(test_clips)),
             "fingerprint": fingerprint(files, split_file.read_text() if split_file.exists() else "")}
     out = (x[~is_test], cs.y[~is_test], x[is_test], cs.y[is_test], info)
     _DATA[key] = out
