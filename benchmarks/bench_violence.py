@@ -317,12 +317,13 @@ def _interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
 
 
 def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, rounds: int = 2, reps: int = 5,
-                      max_chunks: int = 0, warmup: int = 1) -> dict:
+                      max_chunks: int = 0, warmup: int = 1, warm: bool = False) -> dict:
     """Seconds per round on the deployment engine (a SuperLink + 2 SuperNodes on 127.0.0.1, TLS), our FedPer
     app against a plain Flower FedAvg app with the same model, node data and local training, interleaved
     (ours, plain, ours, plain, ...). A round = train + evaluate on both clients; each repetition is one
     `flwr run` of `rounds` rounds; the time per round is taken inside each ServerApp from the first train
-    message to the last evaluate reply (the census before round 1 and process start-up are not in it)."""
+    message to the last evaluate reply (the census before round 1 and process start-up are not in it).
+    ``warm=False`` (default): the SuperNodes run Flower's stock subprocess executor for both apps."""
     from detectlab.violence.flower_app import LocalDeployment, make_sites, write_app
     from detectlab.violence.model import build_model
 
@@ -336,7 +337,7 @@ def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, ro
           "model.dropout=0.2", 'data="nodes"']
     count = {"ours": 0, "peer": 0}
     seen: dict = {}
-    with LocalDeployment(work / "dep", 2, tls=True, auth=True, node_config=nc) as dep:
+    with LocalDeployment(work / "dep", 2, tls=True, auth=True, node_config=nc, warm=warm) as dep:
         def ours() -> float:
             count["ours"] += 1
             out = work / f"ours-{count['ours']}"
@@ -365,8 +366,9 @@ def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, ro
                     "param_ratio": c["base"] / c["total"], "payload_ratio": o["payload_up"] / p["payload_up"],
                     "round_total_ours": o["up"] + o["down"], "round_total_peer": p["up"] + p["down"],
                     "source": "counted from round 1's messages on the deployment engine"}
-    res.update({"mode": f"deployment engine, SuperLink + 2 SuperNodes on 127.0.0.1 (TLS + auth), {rounds} rounds, "
-                        f"{size}x{size}, width {width}", "rounds": rounds})
+    res.update({"mode": f"deployment engine, SuperLink + 2 SuperNodes on 127.0.0.1 (TLS + auth, "
+                        f"{'warm' if warm else 'stock'} executor), {rounds} rounds, {size}x{size}, width {width}",
+                "rounds": rounds})
     return res
 
 
