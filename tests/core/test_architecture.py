@@ -24,12 +24,13 @@ HIGH = ("train", "experiment", "evaluate", "predict")
 KNOWN_CYCLES: dict[str, set[frozenset[str]]] = {
     "adversarial": {frozenset({"experiment", "train"})},
     "seizure": {frozenset({"experiment", "train"})},
-    "violence": {frozenset({"experiment", "server_app"})},
+    "violence": set(),
     "fluid": {frozenset({"experiment", "train"})},
     "lesions": {frozenset({"experiment", "figures", "train"})},
 }
 #: Upward imports that exist today and are being removed with the cycles (same rule: must become empty).
 KNOWN_UPWARD: dict[str, list[str]] = {s: ["train -> experiment"] for s in SYSTEMS}
+KNOWN_UPWARD["violence"] = []
 
 
 def _imports(path: Path, package: str) -> set[str]:

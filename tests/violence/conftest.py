@@ -37,10 +37,10 @@ def syn_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def syn_chunks(syn_root):
-    from detectlab.violence.data import load_chunks
+def syn_clips(syn_root):
+    from detectlab.violence.data import load_clips
 
-    return load_chunks(syn_root, size=32)
+    return load_clips(syn_root, size=32)
 
 
 @pytest.fixture
@@ -72,9 +72,10 @@ def cli(capsys):
 
 
 #: overrides that keep a federated run to seconds on 2 cores
-TINY = ["data_opts.size=32", "model.width=4", "fl.batch=8", "fl.lr=0.003"]
+TINY = ["data_opts.size=32", "aug.crop=0", "model.width=4", "fl.batch=8", "fl.lr=0.003"]
 
 
 @pytest.fixture(scope="session")
 def tiny_overrides():
     return list(TINY)
+

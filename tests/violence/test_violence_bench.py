@@ -1,15 +1,20 @@
-"""benchmarks/bench_violence.py at smoke size: the numbers exist and are positive; bytes ratio is exact."""
+"""benchmarks/bench_violence.py at smoke size: decoding compared frame by frame and interleaved, bytes counted
+from the messages."""
 
 from __future__ import annotations
 
 
 def test_bench_smoke(load_bench):
+    """Fault caught: a fast decoder that returns other images than OpenCV's (colour order, size, scaling), or
+    drops frames; timings that are not interleaved repetitions; FedPer's train replies carrying more than the
+    base (the byte ratio is read from the round's messages, so it is not equal to base/total by construction)."""
     res = load_bench("violence").main(["--size", "smoke"])
-    b = res["bytes"]
-    assert b["ratio"] == b["param_ratio"]  # FedPer sends exactly the base: data bytes follow the parameters
-    assert 0 < b["payload_ratio"] < 1
-    for k in ("ours_round_s", "plain_round_s"):
-        assert res["round"][k] > 0
     d = res["decode"]
-    assert d["chunks_ours"] == d["chunks_opencv"] > 0 and d["ours_chunks_per_s"] > 0 and d["opencv_chunks_per_s"] > 0
-    assert all(v > 0 for v in res["ratios"].values())
+    assert d["chunks_ours"] == d["chunks_opencv"] == 16  # 8 clips of 32 frames
+    assert d["mean_abs_pixel_difference"] < 4  # out of 255: the same frames, scaled alike
+    assert len(d["times"]["ours"]) == len(d["times"]["peer"]) == d["reps"] == 5 == len(d["speedup"]["per_rep"])
+    assert d["speedup"]["min"] <= d["speedup"]["median"] <= d["speedup"]["max"]
+    b = res["bytes"]
+    assert abs(b["ratio"] - b["param_ratio"]) < 1e-9 and b["fedper_bytes"] < b["fedavg_bytes"]
+    r = res["round"]["ratio"]
+    assert len(r["per_rep"]) == 5 and r["min"] <= r["median"] <= r["max"]

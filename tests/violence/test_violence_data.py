@@ -72,29 +72,54 @@ def test_videos_txt_groups_and_ranges(tmp_path):
 
 
 def test_cache_is_reused_without_decoding(tmp_path, syn_root, monkeypatch):
-    first = data.load_chunks(syn_root, size=16, cache_dir=tmp_path)
-    assert first.cache and (tmp_path / first.cache.split("/")[-1] / "x.npy").exists()
+    """Fault caught: a second run decoding every clip again, or reading back other frames than it wrote."""
+    first = data.load_clips(syn_root, size=16, cache_dir=tmp_path)
+    assert first.cache and (tmp_path / first.cache.split("/")[-1] / "frames.npy").exists()
 
     def boom(*a, **k):
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(data, "read_frames", boom)
-    second = data.load_chunks(syn_root, size=16, cache_dir=tmp_path)
-    assert np.array_equal(np.asarray(second.x), np.asarray(first.x)) and second.clips == first.clips
+    second = data.load_clips(syn_root, size=16, cache_dir=tmp_path)
+    assert np.array_equal(np.asarray(second.frames), np.asarray(first.frames)) and second.clips == first.clips
+    assert np.array_equal(second.start, first.start) and np.array_equal(second.group, first.group)
 
 
-def test_synthetic_clips_are_real_mp4_with_both_classes(syn_chunks):
-    c = syn_chunks.counts()
+def test_clipset_chunks_windows_and_segments():
+    """Fault caught: evaluation chunks that overlap or run past a clip, windows read from another clip after
+    subset/materialize, or a chunk split whose items share a group (then it would not be a chunk-level split)."""
+    lengths = [40, 16, 33]
+    n = sum(lengths)
+    frames = np.broadcast_to((np.arange(n) % 256).astype(np.uint8)[:, None, None, None], (n, 2, 2, 3)).copy()
+    start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    cs = data.ClipSet(frames, start, lengths, [1, 0, 1], ["a", "b", "a"], [{"path": p} for p in "xyz"])
+    cl, st = cs.chunk_index()
+    assert list(zip(cl.tolist(), st.tolist())) == [(0, 0), (0, 16), (1, 0), (2, 0), (2, 16)]
+    assert cs.n_chunks().tolist() == [2, 1, 2] and cs.counts()["chunks"] == 5 and cs.counts()["fight"] == 4
+    x, y, c = cs.chunks()
+    assert x.shape == (5, 16, 2, 2, 3) and y.tolist() == [1, 1, 0, 1, 1]
+    assert x[4, 0, 0, 0, 0] == 40 + 16 + 16 and x[4, -1, 0, 0, 0] == 40 + 16 + 31
+    sub = cs.subset([2]).materialize()
+    assert sub.frames.shape[0] == 33 and sub.start.tolist() == [0] and sub.parent.tolist() == [2]
+    assert np.array_equal(sub.windows(np.array([0]), np.array([5])), cs.windows(np.array([2]), np.array([5])))
+    seg = cs.segments()
+    assert len(seg) == 5 and len(set(seg.group.tolist())) == 5 and seg.parent.tolist() == [0, 0, 1, 2, 2]
+    assert seg.length.tolist() == [16] * 5 and np.array_equal(seg.chunks()[0], x)
+
+
+def test_synthetic_clips_are_real_mp4_with_both_classes(syn_clips):
+    """Fault caught: built-in data that is not decodable mp4, has one class, or whose fights do not move more."""
+    c = syn_clips.counts()
     assert c["clips"] == 24 and c["fight"] == c["nonfight"] == 24 and c["skipped"] == 0
-    assert syn_chunks.x.shape[1:] == (16, 32, 32, 3)
-    assert len(set(syn_chunks.groups.tolist())) == 6  # 2 sites x 3 sources
-    # fight = fast erratic motion: more frame-to-frame change than walking, on average
-    x = np.asarray(syn_chunks.x, np.float32)
-    motion = np.abs(np.diff(x, axis=1)).mean((1, 2, 3, 4))
-    assert motion[syn_chunks.y == 1].mean() > 1.3 * motion[syn_chunks.y == 0].mean()
+    assert syn_clips.frames.shape[1:] == (32, 32, 3)
+    assert len(set(syn_clips.group.tolist())) == 6  # 2 sites x 3 sources
+    x, y, _ = syn_clips.chunks()
+    motion = np.abs(np.diff(np.asarray(x, np.float32), axis=1)).mean((1, 2, 3, 4))
+    assert motion[y == 1].mean() > 1.3 * motion[y == 0].mean()
 
 
 def test_bad_clips_are_skipped_and_counted(tmp_path, write_clip):
+    """Fault caught: an unreadable, empty or too-short clip crashing the run or silently giving chunks."""
     root = tmp_path / "d"
     for i in range(2):
         write_clip(root / "fight" / f"fi{i}.mp4", n_frames=20, color=(200, 0, 0))
@@ -102,8 +127,8 @@ def test_bad_clips_are_skipped_and_counted(tmp_path, write_clip):
     (root / "fight" / "empty.mp4").write_bytes(b"")
     (root / "fight" / "junk.mp4").write_bytes(b"this is not a video" * 50)
     write_clip(root / "noFight" / "short.mp4", n_frames=10)
-    cs = data.load_chunks(root, size=16, cache_dir=tmp_path / "c")
-    assert len(cs) == 4 and len(cs.skipped) == 3
+    cs = data.load_clips(root, size=16, cache_dir=tmp_path / "c")
+    assert len(cs) == 4 and len(cs.skipped) == 3 and cs.counts()["chunks"] == 4
     reasons = {s["path"].split("/")[-1]: s["reason"] for s in cs.skipped}
     assert "10 frames" in reasons["short.mp4"] and "decode" in reasons["junk.mp4"]
     with pytest.raises(InputError, match="fewer than one 16-frame chunk"):

@@ -17,7 +17,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from detectlab.violence.flower_app import InProcessGrid as FedGrid  # noqa: E402
 MODEL = {"arch": "DiffGated", "width": 2, "hidden": [16, 8], "dropout": 0.3, "size": 16}
 CLIENT = {"lr": 0.003, "weight_decay": 0.0, "epochs": 4, "batch": 8, "alpha": 0.03, "beta": 0.1, "delta": 1e-3,
-          "variant": "fo", "meta_steps": 0, "adapt_steps": 1, "threads": 1, "fault": ""}
+          "variant": "fo", "meta_steps": 0, "adapt_steps": 1, "threads": 1, "fault": "",
+          "aug": {"stride": 16, "jitter": 0, "crop": 0, "flip": False}, "eval_stride": 16}
 
 
 def chunks(rng: np.random.Generator, n: int, motion: bool) -> np.ndarray:
@@ -44,9 +45,11 @@ def partition(tmp_path_factory):
     x = np.concatenate([chunks(rng, per // 2, True) if j % 2 == 0 else chunks(rng, per // 2, False)
                         for _ in range(k) for j in range(2)])
     y = np.concatenate([np.full(per // 2, 1 - j % 2) for _ in range(k) for j in range(2)])
-    np.save(d / "x.npy", x)
-    np.save(d / "y.npy", y)
-    clip = np.arange(len(y)) // 2  # two chunks per "clip"
+    np.save(d / "frames.npy", x.reshape(-1, *x.shape[2:]))  # every chunk's 16 frames, in order
+    clip = np.arange(len(y)) // 2  # two chunks per "clip": a clip is 32 frames (violence's clip table)
+    n_clips = int(clip.max()) + 1
+    table = {"start": np.arange(n_clips) * 32, "length": np.full(n_clips, 32), "label": y[::2],
+             "group": [f"g{c}" for c in range(n_clips)], "parent": np.arange(n_clips)}
     train, test = [], []
     for i in range(k):
         idx = np.arange(i * per, (i + 1) * per)
@@ -55,7 +58,7 @@ def partition(tmp_path_factory):
         te = np.sort(cl[: nte // 2])
         train.append(np.sort(np.setdiff1d(cl, te)))
         test.append(te)
-    return save_partition(d / "partition.npz", str(d), train, test, clip)
+    return save_partition(d / "partition.npz", str(d / "frames.npy"), table, train, [t[:0] for t in train], test)
 
 
 def make_job(out: Path, pfile: Path, strategies=("fedavg",), rounds=3, n=4, experiment="iid", **fl) -> dict:

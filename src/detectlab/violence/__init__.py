@@ -46,11 +46,10 @@ def _deploy_config(preset: str, overrides: list[str], nodes: int):
     """The validated config of a deployment (InputError on any bad value) and its node count."""
     from detectlab.core.config import load_config
     from detectlab.core.errors import InputError
-    from detectlab.violence import experiment
+    from detectlab.violence.config import Config
     from detectlab.violence.partition import n_clients_of
 
-    cfg = load_config(experiment.Config, "violence", preset, list(overrides))
-    experiment.validate(cfg)
+    cfg = load_config(Config, "violence", preset, list(overrides))  # validated as it loads
     if len(cfg.experiments) != 1:
         raise InputError(f"config key 'experiments' ({cfg.experiments})",
                          "a deployment runs exactly one experiment", 'experiments=["balanced2"] (or another one)')
@@ -143,7 +142,6 @@ def _cmd_deploy(args) -> int:
 
     metrics = json.loads((out / "metrics.json").read_text())
     with Run(out, cfg, "violence") as run:
-        experiment.tables(run, cfg, metrics)
-        experiment.figures(run, cfg, metrics)
+        experiment.report_deployment(run, cfg, metrics)
     print(out)
     return 0

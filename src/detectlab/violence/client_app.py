@@ -24,8 +24,14 @@ mid-run continues with its head. The server says in ``head-rounds`` which round'
 continues from; a head that should exist but does not is an error (:class:`HeadMissing`), never a silent
 re-initialisation. Per-FedAvg / FedMeta-Per evaluate after the personalisation step (SGD with alpha).
 
-Randomness: the head's initialisation is drawn from (seed, partition) only; dropout masks and batch order
-from (seed, round, partition, message type), so no two rounds repeat the same masks.
+Training and evaluation are :mod:`detectlab.violence.task` (``train_round`` / ``evaluate_round``); what task keeps
+between rounds (each client's Adam moments, its best-validation model) is kept like the heads, in
+``context.state`` and in ``<state-dir>/task/<run key>/<experiment>-<strategy>/round-NNNN-<phase>.safetensors``
+(a message reads the state the message before it left, so a rerun round repeats exactly).
+
+Randomness: the head's initialisation is drawn from (seed, partition) only; dropout masks, training windows, crops
+and flips from (seed, experiment, strategy, partition, round, message type) (:func:`task.message_seed`), so no two
+rounds repeat the same masks.
 
 Reply metrics (train): ``num-examples``, ``partition-id``, ``train-loss``, ``train-acc``, ``head-from``
 (the round of the head it started from, 0 = initialised now). On the last evaluation round (``export``),
@@ -42,12 +48,12 @@ from pathlib import Path
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
 from detectlab.violence import task  # noqa: E402
+from detectlab.violence.data import ClientData  # noqa: E402
 from detectlab.violence.model import BASE_PREFIX, HEAD_PREFIX, build_model, split_state  # noqa: E402
 
 PERSONAL = ("fedper", "fedmetaper")
@@ -91,45 +97,20 @@ def fingerprint(files: list[tuple[str, int]], extra: str = "") -> str:
 _DATA: dict[tuple, tuple] = {}
 
 
-def node_data(data_dir: Path, spec: dict, cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-    """(x_train, y_train, x_test, y_test, info) of a site's own folder of clips."""
-    from detectlab.violence.data import load_chunks
+def node_data(data_dir: Path, spec: dict, cache: Path | None) -> tuple[ClientData, dict]:
+    """(ClientData, info) of a site's own folder of clips."""
+    from detectlab.violence.partition import client_from_folder
 
     d = spec.get("data", {})
-    key = (str(data_dir), json.dumps(d, sort_keys=True))
-    if key in _DATA:
-        return _DATA[key]
-    root = Path(data_dir)
-    cs = load_chunks(root, int(d.get("size", 64)), int(d.get("stride", 16)), int(d.get("max_chunks", 0)),
-                     cache_dir=cache)
-    names = [Path(c["path"]).name for c in cs.clips]
-    split_file = root / "test.txt"
-    if split_file.exists():
-        held = {ln.strip() for ln in split_file.read_text().splitlines() if ln.strip()}
-        test_clips = np.asarray([i for i, n in enumerate(names) if n in held], int)
-        how = "test.txt"
-    else:
-        from detectlab.core.splits import stratified_holdout  # scikit-learn: ~1 s to import, only when needed
-
-        labels = np.asarray([c["label"] for c in cs.clips])
-        groups = np.asarray([c["group"] for c in cs.clips])
-        _, test_clips = stratified_holdout(labels, float(d.get("test_fraction", 0.25)), int(spec.get("seed", 0)),
-                                           groups=groups)
-        how = "grouped holdout by source video"
-    is_test = np.isin(cs.clip, test_clips)
-    x = np.asarray(cs.x)
-    files = [(str(Path(c["path"]).relative_to(root)) if Path(c["path"]).is_relative_to(root) else Path(c["path"]).name,
-              Path(c["path"]).stat().st_size) for c in cs.clips]
-    info = {"source": "node data-dir", "split": how, "clips": len(cs.clips), "skipped": len(cs.skipped),
-            "test_clips": int(len(test_clips)), "train_clips": int(len(cs.clips) - len(test_clips)),
-            "fingerprint": fingerprint(files, split_file.read_text() if split_file.exists() else "")}
-    out = (x[~is_test], cs.y[~is_test], x[is_test], cs.y[is_test], info)
-    _DATA[key] = out
-    return out
+    key = (str(data_dir), json.dumps(d, sort_keys=True), int(spec.get("seed", 0)))
+    if key not in _DATA:
+        data, info = client_from_folder(Path(data_dir), d, int(spec.get("seed", 0)), cache)
+        _DATA[key] = (data, {"source": "node data-dir", **info})
+    return _DATA[key]
 
 
-def client_data(context: Context, spec: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-    """The client's training and held-out chunks: its own data-dir (deployment) or the partition file."""
+def client_data(context: Context, spec: dict) -> tuple[ClientData, dict]:
+    """The client's training, validation and held-out clips: its own data-dir (deployment) or the partition file."""
     pid = _pid(context)
     if "data-dir" in context.node_config:
         sd = state_dir(context, spec)
@@ -141,15 +122,72 @@ def client_data(context: Context, spec: dict) -> tuple[np.ndarray, np.ndarray, n
                          "'partition-id=K data-dir=/path/to/its/clips state-dir=/path/to/its/storage'")
     from detectlab.violence.partition import load_client
 
-    x, y, xt, yt = load_client(str(pfile), pid)
-    return x, y, xt, yt, {"source": "partition file", "split": "partition file",
-                          "fingerprint": fingerprint([(Path(str(pfile)).name, Path(str(pfile)).stat().st_size)])}
+    return load_client(str(pfile), pid), {
+        "source": "partition file", "split": "partition file",
+        "fingerprint": fingerprint([(Path(str(pfile)).name, Path(str(pfile)).stat().st_size)])}
 
 
-def census_info(pid: int, y: np.ndarray, yt: np.ndarray, info: dict) -> dict:
-    return {"partition": pid, "n_train": int(len(y)), "n_test": int(len(yt)),
-            "train_fight": int((y == 1).sum()), "train_nonfight": int((y == 0).sum()),
-            "test_fight": int((yt == 1).sum()), "test_nonfight": int((yt == 0).sum()), **info}
+def census_info(pid: int, data: ClientData, info: dict) -> dict:
+    c = data.counts()
+    return {"partition": pid, "n_train": int(task.n_examples(data)), "n_test": c["test_fight"] + c["test_nonfight"],
+            **c, **info}
+
+
+# ---- what task.py keeps between rounds (Adam moments, the best-validation model): context.state + node storage
+# Saved after every message as (round, phase); a message of round r reads the state of the message before it
+# (train r: evaluate r-1; evaluate r: train r), so a rerun of a round (resume, restarted node) repeats it exactly.
+def _task_key(spec: dict) -> str:
+    return f"task-{spec['experiment']}-{spec['strategy']}"
+
+
+def _task_file(root: Path, spec: dict, rnd: int, phase: str) -> Path:
+    return root / "task" / str(spec.get("run_key", "run")) / f"{spec['experiment']}-{spec['strategy']}" / \
+        f"round-{rnd:04d}-{phase}.safetensors"
+
+
+def _previous(rnd: int, phase: str) -> tuple[int, str]:
+    return (rnd, "train") if phase == "evaluate" else (rnd - 1, "evaluate")
+
+
+def load_task_state(context: Context, spec: dict, rnd: int, phase: str) -> dict[str, torch.Tensor]:
+    """The state left by the message before (`rnd`, `phase`); empty on round 1 or when the node lost it (a
+    restarted node without its state-dir starts Adam and the best-validation choice afresh)."""
+    want_r, want_p = _previous(rnd, phase)
+    if want_r <= 0:
+        return {}
+    key = _task_key(spec)
+    meta = context.state.config_records.get(key + "-meta")
+    if key in context.state.array_records and meta is not None and int(meta["round"]) == want_r \
+            and str(meta["phase"]) == want_p and str(meta["run"]) == str(spec.get("run_key", "run")):
+        return dict(context.state.array_records[key].to_torch_state_dict())
+    root = state_dir(context, spec)
+    if root is not None and _task_file(root, spec, want_r, want_p).exists():
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(_task_file(root, spec, want_r, want_p))))
+    return {}
+
+
+def save_task_state(context: Context, spec: dict, rnd: int, phase: str, state: dict[str, torch.Tensor]) -> None:
+    cpu = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    key = _task_key(spec)
+    context.state[key] = ArrayRecord(cpu)
+    context.state[key + "-meta"] = ConfigRecord({"round": int(rnd), "phase": phase,
+                                                 "run": str(spec.get("run_key", "run"))})
+    root = state_dir(context, spec)
+    if root is None or not cpu:
+        return
+    from safetensors.torch import save_file
+
+    f = _task_file(root, spec, rnd, phase)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    save_file(cpu, str(tmp))
+    tmp.replace(f)
+    keep = {f.name, _task_file(root, spec, *_previous(rnd, phase)).name}
+    for old in f.parent.glob("round-*.safetensors"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
 
 
 # ---- personal heads: context.state and node-local storage
@@ -214,7 +252,8 @@ def _setup(msg: Message, context: Context, kind: str):
     with torch.random.fork_rng(devices=[]):  # the head's initialisation depends on (seed, partition) only
         torch.manual_seed(seed * 7919 + pid)
         model = build_model(spec["model"])
-    torch.manual_seed(((seed * 1_000_003 + rnd) * 101 + pid) * 4 + KIND[kind])  # dropout masks: new every message
+    # dropout masks, windows, crops, flips: new every message (seed, experiment, strategy, client, round, kind)
+    rng = task.seed_message(task.message_seed(spec, pid, rnd, kind))
     sd = msg.content["arrays"].to_torch_state_dict()
     head_from = 0
     if strategy in PERSONAL:
@@ -229,8 +268,7 @@ def _setup(msg: Message, context: Context, kind: str):
 
     dev = choose_device(str(spec.get("device", "auto")))  # this node's own device (cuda when it has one)
     model.to(dev)
-    gen = torch.Generator().manual_seed(seed * 100003 + rnd * 101 + pid)  # batch order (indices into numpy)
-    return spec, pid, rnd, strategy, model, head_from, gen, dev
+    return spec, pid, rnd, strategy, model, head_from, rng, dev
 
 
 @app.query()
@@ -238,49 +276,41 @@ def query(msg: Message, context: Context) -> Message:
     """The census: which partition this node is, how many chunks it holds (per class), its data fingerprint."""
     spec = _spec(msg)
     pid = _pid(context)
-    _, y, _, yt, info = client_data(context, spec)
-    return Message(RecordDict({"census": ConfigRecord({"info": json.dumps(census_info(pid, y, yt, info))})}),
+    data, info = client_data(context, spec)
+    return Message(RecordDict({"census": ConfigRecord({"info": json.dumps(census_info(pid, data, info))})}),
                    reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    spec, pid, rnd, strategy, model, head_from, gen, dev = _setup(msg, context, "train")
-    x, y, _, _, _ = client_data(context, spec)
-    if strategy in META:
-        steps = int(spec["meta_steps"]) or max(1, int(spec["epochs"]) * int(np.ceil(len(y) / spec["batch"])))
-        stats = task.perfedavg_steps(model, x, y, steps, int(spec["batch"]), float(spec["alpha"]),
-                                     float(spec["beta"]), gen, dev, spec["variant"], float(spec["delta"]))
-    else:
-        stats = task.train_epochs(model, x, y, int(spec["epochs"]), int(spec["batch"]), float(spec["lr"]), gen, dev,
-                                  weight_decay=float(spec.get("weight_decay", 0.0)))
+    spec, pid, rnd, strategy, model, head_from, rng, dev = _setup(msg, context, "train")
+    data, _ = client_data(context, spec)
+    stats, state = task.train_round(model, data, spec, load_task_state(context, spec, rnd, "train"), rng)
+    save_task_state(context, spec, rnd, "train", state)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if strategy in PERSONAL:
         sd, head = split_state(sd)
         save_head(context, spec, rnd, head_from, head)
-    metrics = MetricRecord({
-        "num-examples": int(len(y)), "partition-id": pid, "train-loss": float(stats["train_loss"]),
-        "train-acc": float(stats["train_acc"]) if np.isfinite(stats["train_acc"]) else -1.0,
-        "head-from": int(head_from),
-    })
+    metrics = MetricRecord({**stats, "partition-id": pid, "head-from": int(head_from)})
     return Message(RecordDict({"arrays": ArrayRecord(sd), "metrics": metrics}), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    spec, pid, rnd, strategy, model, head_from, gen, dev = _setup(msg, context, "evaluate")
-    x, y, xt, yt, _ = client_data(context, spec)
-    if strategy in META:
-        task.adapt(model, x, y, float(spec["alpha"]), int(spec["adapt_steps"]), int(spec["batch"]), gen, dev)
-    res = task.evaluate(model, xt, yt, device=dev)
+    spec, pid, rnd, strategy, model, head_from, rng, dev = _setup(msg, context, "evaluate")
+    data, _ = client_data(context, spec)
+    final = bool(msg.content["config"].get("export", False))
+    res, state = task.evaluate_round(model, data, spec, load_task_state(context, spec, rnd, "evaluate"), rnd, final,
+                                     rng)
+    save_task_state(context, spec, rnd, "evaluate", state)
+    n = int(res.get("n-test", 0))  # the per-round curve is on the test chunks (weight 0 when a client has none)
     metrics = MetricRecord({
-        "num-examples": int(len(yt)), "partition-id": pid,
-        "eval-loss": float(res["loss"]) if res["n"] else 0.0,
-        "eval-acc": float(res["accuracy"]) if res["n"] else 0.0,
+        **res, "num-examples": n, "partition-id": pid,
+        "eval-loss": float(res["test-loss"]) if n else 0.0, "eval-acc": float(res["test-acc"]) if n else 0.0,
         "head-from": int(head_from),
     })
     content = {"metrics": metrics}
-    if bool(msg.content["config"].get("export", False)):
+    if final:  # the reported model (lowest validation loss with select=best_val), for predict/evaluate --client K
         content["personal"] = ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
     return Message(RecordDict(content), reply_to=msg)
 

@@ -3,7 +3,7 @@
 One ServerApp (``app``), two engines:
 
 - **simulation** (default): :func:`simulate` writes the job (data already partitioned by
-  :func:`detectlab.violence.experiment.prepare`) to a file, writes a Flower app whose run config names it,
+  :func:`detectlab.violence.train.prepare`) to a file, writes a Flower app whose run config names it,
   and runs it with ``flwr run`` on a local simulation SuperLink (:class:`.flower_app.LocalSimulation`: one
   virtual SuperNode per client on Ray, 1 CPU each). ``flwr.simulation.run_simulation`` is not used (Flower
   1.42 deprecates it in favour of ``flwr run``).
@@ -88,7 +88,7 @@ def run_key(out: Path) -> str:
 
 
 def client_spec(job: dict, strategy: str) -> dict:
-    spec = dict(job["client"], strategy=strategy, experiment=job["experiment"], model=job["model"],
+    spec = dict(job["client"], strategy=strategy, experiment=job.get("key", job["experiment"]), model=job["model"],
                 seed=int(job["seed"]), run_key=run_key(Path(job["out"])), device=str(job.get("device", "cpu")))
     if job.get("partition_file"):  # simulation: the data are partitioned on this machine
         spec["partition_file"] = str(job["partition_file"])
@@ -130,7 +130,7 @@ def run_strategy(grid: Grid, job: dict, strategy: str) -> dict[str, Any]:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     out = Path(job["out"])
-    exp = job["experiment"]
+    exp = job.get("key", job["experiment"])  # experiment, split and seed of the unit (violence)
     key = unit_key(exp, strategy)
     rounds = int(job["rounds"])
     fl = fl_settings(job)
@@ -192,8 +192,8 @@ def run_strategy(grid: Grid, job: dict, strategy: str) -> dict[str, Any]:
     counts = param_counts(build_model(job["model"]))
     res = {
         "accuracy": last["accuracy"], "loss": last["loss"],
-        "per_client": {str(k): {kk: v.get(kk) for kk in ("accuracy", "loss", "n_train", "n_test")}
-                       for k, v in sorted(last["clients"].items())},
+        "per_client": {str(k): {**{kk: v.get(kk) for kk in ("accuracy", "loss", "n_train", "n_test")}, **v}
+                       for k, v in sorted(last["clients"].items())},  # incl. the test scores (violence)
         "bytes_per_round": {"up": mean("up"), "down": mean("down"), "total": mean("total"),
                             "payload_up": mean("payload_up"), "payload_down": mean("payload_down")},
         "bytes_total": {k: int(sum(h["bytes"][k] for h in strat.history))
@@ -203,7 +203,8 @@ def run_strategy(grid: Grid, job: dict, strategy: str) -> dict[str, Any]:
                      "sampled": h.get("sampled", []), "missing": h.get("missing", []),
                      "t_start": h.get("t_start"), "t_end": h.get("t_end"),
                      "clients": {str(k): {kk: v.get(kk) for kk in ("accuracy", "loss", "train_loss", "n_train",
-                                                                    "claimed", "head_from")}
+                                                                    "claimed", "head_from", "val-loss", "val-acc",
+                                                                    "val-bacc", "test-clip-bacc")}
                                  for k, v in sorted(h["clients"].items())}} for h in strat.history],
         "rejected": strat.rejected, "bounded": strat.bounded, "seconds": seconds, "rounds": n_rounds,
         "aggregation": fl["aggregation"], "fraction": fl["fraction"],
@@ -218,10 +219,11 @@ def run_strategy(grid: Grid, job: dict, strategy: str) -> dict[str, Any]:
 def run_federation(grid: Grid, job: dict) -> dict[str, Any]:
     """Every strategy of the job not already finished (a unit file exists) -> {strategy: result}."""
     out = {}
+    name = job.get("key", job["experiment"])
     for s in job["strategies"]:
-        p = unit_path(Path(job["out"]), job["experiment"], s)
+        p = unit_path(Path(job["out"]), name, s)
         if p.exists():
-            progress.log(f"{job['experiment']} {s}: finished earlier, read back")
+            progress.log(f"{name} {s}: finished earlier, read back")
             out[s] = json.loads(p.read_text())["result"]
             continue
         out[s] = run_strategy(grid, job, s)
@@ -281,10 +283,11 @@ def simulate(job: dict, num_cpus: int = 2) -> dict[str, Any]:
     out = Path(job["out"])
     fed = out / "federation"
     fed.mkdir(parents=True, exist_ok=True)
-    jobfile = fed / f"{job['experiment']}.job.json"
+    name = job.get("key", job["experiment"])
+    jobfile = fed / f"{name}.job.json"
     write_json(jobfile, job)
     faulty = bool(str(job.get("client", {}).get("fault", "")).strip())
-    app_dir = write_app(fed / f"app-{job['experiment']}", out=out, extra={"job": str(jobfile.resolve())},
+    app_dir = write_app(fed / f"app-{name}", out=out, extra={"job": str(jobfile.resolve())},
                         clientapp=FAULTY_CLIENTAPP if faulty else CLIENTAPP)
     work = Path(tempfile.mkdtemp(prefix="dl-sim-"))
     from detectlab.core.runtime import choose_device
@@ -303,17 +306,17 @@ def simulate(job: dict, num_cpus: int = 2) -> dict[str, Any]:
                     h.proc.kill()
                     break
             _relay(h.output() + "\n", seen)
-            ok = all(unit_path(out, job["experiment"], s).exists() for s in job["strategies"])
+            ok = all(unit_path(out, name, s).exists() for s in job["strategies"])
             if not ok:
                 st = read_status(out)
                 line = st.get("line") or _last_error(h.output()) or "see the simulation logs"
                 (fed / "simulation.log").write_text(sim.logs(20000) + "\n--- flwr run\n" + h.output()[-20000:])
-                raise RuntimeError(f"simulation of {job['experiment']} stopped: {line} "
+                raise RuntimeError(f"simulation of {name} stopped: {line} "
                                    f"(logs: {fed / 'simulation.log'})")
     finally:
         if ok:
             shutil.rmtree(work, ignore_errors=True)
-    return {s: json.loads(unit_path(out, job["experiment"], s).read_text())["result"] for s in job["strategies"]}
+    return {s: json.loads(unit_path(out, name, s).read_text())["result"] for s in job["strategies"]}
 
 
 def _last_error(text: str) -> str:
@@ -323,10 +326,8 @@ def _last_error(text: str) -> str:
 
 # ---- deployment: the job comes from the preset + overrides; the data stay on the SuperNodes
 def _config_module():
-    try:
-        from detectlab.violence import config as cfgmod  # the config module of issue 11
-    except ImportError:  # until it exists
-        from detectlab.violence import experiment as cfgmod
+    from detectlab.violence import config as cfgmod  # the config module of issue 11 (no import of experiment)
+
     return cfgmod
 
 
@@ -352,8 +353,8 @@ def deployment_job(cfg, out: Path, n_nodes: int) -> dict:
     return {"experiment": cfg.experiments[0], "n_clients": int(n_nodes), "rounds": fl.rounds, "seed": cfg.seed,
             "model": model_dict(cfg), "out": str(out), "export": True, "timeout": fl.timeout,
             "strategies": list(cfg.strategies), "client": client, "fl": asdict(fl),
-            "data_opts": {"size": d.size, "stride": d.stride, "max_chunks": d.max_chunks,
-                          "test_fraction": d.test_fraction},
+            "data_opts": {"size": d.size, "max_frames": d.max_frames, "test_fraction": d.test_fraction,
+                          "val_fraction": d.val_fraction},
             "device": "cpu" if str(cfg.device) == "auto" else str(cfg.device)}
 
 

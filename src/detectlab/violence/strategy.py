@@ -412,6 +412,9 @@ class RobustFedAvg(FedAvg):
                 continue
             n, loss, acc = int(mr["num-examples"]), float(mr["eval-loss"]), float(mr["eval-acc"])
             self._client(pid).update({"n_test": n, "loss": loss, "accuracy": acc})
+            # everything else the client reported (validation metrics; on the last round its test scores) (violence)
+            self._client(pid).update({k: (list(v) if isinstance(v, list) else v) for k, v in mr.items()
+                                      if k not in ("num-examples", "eval-loss", "eval-acc", "partition-id")})
             rows.append((n, loss, acc))
             if "personal" in m.content.array_records:
                 self.exports[pid] = m.content.array_records["personal"]
