@@ -281,6 +281,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     spec, (data, _) = _data(msg, context)
     m = build_model(spec["model"])
     m.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    if spec.get("peer_validation") and len(data.val):  # the same evaluation work as ours: validation + test
+        task.evaluate(m, data.val)
     r = task.evaluate(m, data.test)
     yt = data.test.label
     return Message(RecordDict({"metrics": MetricRecord({"num-examples": max(1, len(yt)),
@@ -339,13 +341,15 @@ def _interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
 
 
 def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, rounds: int = 2, reps: int = 5,
-                      max_chunks: int = 0, warmup: int = 1, warm: bool = False) -> dict:
+                      max_chunks: int = 0, warmup: int = 1, warm: bool = False, same_eval: bool = True) -> dict:
     """Seconds per round on the deployment engine (a SuperLink + 2 SuperNodes on 127.0.0.1, TLS), our FedPer
     app against a plain Flower FedAvg app with the same model, node data and local training, interleaved
     (ours, plain, ours, plain, ...). A round = train + evaluate on both clients; each repetition is one
     `flwr run` of `rounds` rounds; the time per round is taken inside each ServerApp from the first train
     message to the last evaluate reply (the census before round 1 and process start-up are not in it).
-    ``warm=False`` (default): the SuperNodes run Flower's stock subprocess executor for both apps."""
+    ``warm=False`` (default): the SuperNodes run Flower's stock subprocess executor for both apps.
+    ``same_eval``: also time the plain app evaluating on the validation clips as well as the test clips each
+    round, as our recipe does (``ratio_same_eval``), which separates the federation's cost from the recipe's."""
     from detectlab.violence.flower_app import LocalDeployment, make_sites, write_app
     from detectlab.violence.model import build_model
 
@@ -370,16 +374,27 @@ def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, ro
             seen.setdefault("ours", h[0]["bytes"])
             return (h[-1]["t_end"] - h[0]["t_start"]) / len(h)
 
-        def peer() -> float:
-            count["peer"] += 1
-            stamps = work / f"peer-{count['peer']}.json"
-            app = _plain_app(work / f"app-peer-{count['peer']}", {"model": model, **client}, 2, rounds, stamps)
-            dep.submit(app).wait(3600)
-            st = json.loads(stamps.read_text())
-            seen.setdefault("peer", st["bytes"]["1"])
-            return (st["stamps"][str(rounds)][1] - st["stamps"]["1"][0]) / rounds
+        def plain(name: str, validation: bool):
+            def run() -> float:
+                count[name] = count.get(name, 0) + 1
+                stamps = work / f"{name}-{count[name]}.json"
+                spec = {"model": model, **client, "peer_validation": validation}
+                app = _plain_app(work / f"app-{name}-{count[name]}", spec, 2, rounds, stamps)
+                dep.submit(app).wait(3600)
+                st = json.loads(stamps.read_text())
+                seen.setdefault(name, st["bytes"]["1"])
+                return (st["stamps"][str(rounds)][1] - st["stamps"]["1"][0]) / rounds
+            return run
 
-        res = _interleaved({"ours": ours, "peer": peer}, reps=reps, warmup=warmup)
+        cases = {"ours": ours, "peer": plain("peer", False)}
+        if same_eval:  # a third case: the plain app also evaluating on the validation clips, as ours does
+            cases["peer_same_eval"] = plain("peer_same_eval", True)
+        res = _interleaved(cases, reps=reps, warmup=warmup)
+        if same_eval:
+            per = [a / b for a, b in zip(res["times"]["ours"], res["times"]["peer_same_eval"])]
+            q = np.percentile(per, [0, 25, 50, 75, 100])
+            res["ratio_same_eval"] = {"median": float(q[2]), "min": float(q[0]), "q1": float(q[1]),
+                                      "q3": float(q[3]), "max": float(q[4]), "per_rep": per}
     from detectlab.violence.model import param_counts
 
     c = param_counts(build_model(model))
