@@ -163,6 +163,8 @@ def federation_inprocess(partition_file: Path, model: dict, work: Path, clients:
         FedAvg(min_available_nodes=clients, min_train_nodes=clients, min_evaluate_nodes=clients).start(
             grid=grid, initial_arrays=arrays, num_rounds=1, train_config=cfg, evaluate_config=ConfigRecord(dict(cfg)))
         dt = time.perf_counter() - t0
+        if any(m.has_error() for m in replies):
+            raise RuntimeError(f"the plain clients failed: {next(m for m in replies if m.has_error()).error.reason}")
         up = [content_bytes(m.content) for m in replies if not m.has_error()]
         down = [content_bytes(m.content) for m in grid.sent]
         seen["peer"] = {"up": sum(u["data"] for u in up), "down": sum(d["data"] for d in down),
@@ -205,9 +207,11 @@ def main(grid: Grid, context: Context) -> None:
     stamps, sizes = {}, {}
 
     def count(r, key, msgs):
-        b = sizes.setdefault(str(r), {"up": 0, "down": 0, "payload_up": 0, "payload_down": 0})
+        b = sizes.setdefault(str(r), {"up": 0, "down": 0, "payload_up": 0, "payload_down": 0, "errors": []})
         for m in msgs:
-            if not m.has_error():
+            if m.has_error():
+                b["errors"].append(m.error.reason[-300:])
+            else:
                 c = content_bytes(m.content)
                 b[key] += c["data"]
                 b["payload_" + key] += c["payload"]
@@ -246,6 +250,7 @@ def main(grid: Grid, context: Context) -> None:
 PLAIN_CLIENT = '''"""The plain ClientApp: the same node data, model and local training as ours, whole model both ways."""
 import json
 from pathlib import Path
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -371,6 +376,9 @@ def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, ro
             app = write_app(work / f"app-ours-{count['ours']}", "smoke", ov, out, extra={"nodes": "2"})
             dep.submit(app).wait(3600)
             h = json.loads((out / "units" / "balanced2-fedper.json").read_text())["result"]["history"]
+            missing = [x for r in h for x in r.get("missing", [])]
+            if missing:
+                raise RuntimeError(f"our clients failed: {missing[0]}")
             seen.setdefault("ours", h[0]["bytes"])
             return (h[-1]["t_end"] - h[0]["t_start"]) / len(h)
 
@@ -382,6 +390,9 @@ def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, ro
                 app = _plain_app(work / f"app-{name}-{count[name]}", spec, 2, rounds, stamps)
                 dep.submit(app).wait(3600)
                 st = json.loads(stamps.read_text())
+                errors = [e for b in st["bytes"].values() for e in b.get("errors", [])]
+                if errors:  # a round whose clients failed is not a round: never time it
+                    raise RuntimeError(f"the plain app's clients failed: {errors[0]}")
                 seen.setdefault(name, st["bytes"]["1"])
                 return (st["stamps"][str(rounds)][1] - st["stamps"]["1"][0]) / rounds
             return run
