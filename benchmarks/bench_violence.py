@@ -163,6 +163,8 @@ def federation_inprocess(partition_file: Path, model: dict, work: Path, clients:
         FedAvg(min_available_nodes=clients, min_train_nodes=clients, min_evaluate_nodes=clients).start(
             grid=grid, initial_arrays=arrays, num_rounds=1, train_config=cfg, evaluate_config=ConfigRecord(dict(cfg)))
         dt = time.perf_counter() - t0
+        if any(m.has_error() for m in replies):
+            raise RuntimeError(f"the plain clients failed: {next(m for m in replies if m.has_error()).error.reason}")
         up = [content_bytes(m.content) for m in replies if not m.has_error()]
         down = [content_bytes(m.content) for m in grid.sent]
         seen["peer"] = {"up": sum(u["data"] for u in up), "down": sum(d["data"] for d in down),
@@ -205,9 +207,11 @@ def main(grid: Grid, context: Context) -> None:
     stamps, sizes = {}, {}
 
     def count(r, key, msgs):
-        b = sizes.setdefault(str(r), {"up": 0, "down": 0, "payload_up": 0, "payload_down": 0})
+        b = sizes.setdefault(str(r), {"up": 0, "down": 0, "payload_up": 0, "payload_down": 0, "errors": []})
         for m in msgs:
-            if not m.has_error():
+            if m.has_error():
+                b["errors"].append(m.error.reason[-300:])
+            else:
                 c = content_bytes(m.content)
                 b[key] += c["data"]
                 b["payload_" + key] += c["payload"]
@@ -246,6 +250,7 @@ def main(grid: Grid, context: Context) -> None:
 PLAIN_CLIENT = '''"""The plain ClientApp: the same node data, model and local training as ours, whole model both ways."""
 import json
 from pathlib import Path
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -281,6 +286,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     spec, (data, _) = _data(msg, context)
     m = build_model(spec["model"])
     m.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    if spec.get("peer_validation") and len(data.val):  # the same evaluation work as ours: validation + test
+        task.evaluate(m, data.val)
     r = task.evaluate(m, data.test)
     yt = data.test.label
     return Message(RecordDict({"metrics": MetricRecord({"num-examples": max(1, len(yt)),
@@ -339,12 +346,15 @@ def _interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
 
 
 def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, rounds: int = 2, reps: int = 5,
-                      max_chunks: int = 0, warmup: int = 1) -> dict:
+                      max_chunks: int = 0, warmup: int = 1, warm: bool = False, same_eval: bool = True) -> dict:
     """Seconds per round on the deployment engine (a SuperLink + 2 SuperNodes on 127.0.0.1, TLS), our FedPer
     app against a plain Flower FedAvg app with the same model, node data and local training, interleaved
     (ours, plain, ours, plain, ...). A round = train + evaluate on both clients; each repetition is one
     `flwr run` of `rounds` rounds; the time per round is taken inside each ServerApp from the first train
-    message to the last evaluate reply (the census before round 1 and process start-up are not in it)."""
+    message to the last evaluate reply (the census before round 1 and process start-up are not in it).
+    ``warm=False`` (default): the SuperNodes run Flower's stock subprocess executor for both apps.
+    ``same_eval``: also time the plain app evaluating on the validation clips as well as the test clips each
+    round, as our recipe does (``ratio_same_eval``), which separates the federation's cost from the recipe's."""
     from detectlab.violence.flower_app import LocalDeployment, make_sites, write_app
     from detectlab.violence.model import build_model
 
@@ -359,26 +369,43 @@ def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, ro
           "model.dropout=0.2", "aug.crop=0", 'data="nodes"', "fl.eval_test_every_round=true"]
     count = {"ours": 0, "peer": 0}
     seen: dict = {}
-    with LocalDeployment(work / "dep", 2, tls=True, auth=True, node_config=nc) as dep:
+    with LocalDeployment(work / "dep", 2, tls=True, auth=True, node_config=nc, warm=warm) as dep:
         def ours() -> float:
             count["ours"] += 1
             out = work / f"ours-{count['ours']}"
             app = write_app(work / f"app-ours-{count['ours']}", "smoke", ov, out, extra={"nodes": "2"})
             dep.submit(app).wait(3600)
             h = json.loads((out / "units" / "balanced2-fedper.json").read_text())["result"]["history"]
+            missing = [x for r in h for x in r.get("missing", [])]
+            if missing:
+                raise RuntimeError(f"our clients failed: {missing[0]}")
             seen.setdefault("ours", h[0]["bytes"])
             return (h[-1]["t_end"] - h[0]["t_start"]) / len(h)
 
-        def peer() -> float:
-            count["peer"] += 1
-            stamps = work / f"peer-{count['peer']}.json"
-            app = _plain_app(work / f"app-peer-{count['peer']}", {"model": model, **client}, 2, rounds, stamps)
-            dep.submit(app).wait(3600)
-            st = json.loads(stamps.read_text())
-            seen.setdefault("peer", st["bytes"]["1"])
-            return (st["stamps"][str(rounds)][1] - st["stamps"]["1"][0]) / rounds
+        def plain(name: str, validation: bool):
+            def run() -> float:
+                count[name] = count.get(name, 0) + 1
+                stamps = work / f"{name}-{count[name]}.json"
+                spec = {"model": model, **client, "peer_validation": validation}
+                app = _plain_app(work / f"app-{name}-{count[name]}", spec, 2, rounds, stamps)
+                dep.submit(app).wait(3600)
+                st = json.loads(stamps.read_text())
+                errors = [e for b in st["bytes"].values() for e in b.get("errors", [])]
+                if errors:  # a round whose clients failed is not a round: never time it
+                    raise RuntimeError(f"the plain app's clients failed: {errors[0]}")
+                seen.setdefault(name, st["bytes"]["1"])
+                return (st["stamps"][str(rounds)][1] - st["stamps"]["1"][0]) / rounds
+            return run
 
-        res = _interleaved({"ours": ours, "peer": peer}, reps=reps, warmup=warmup)
+        cases = {"ours": ours, "peer": plain("peer", False)}
+        if same_eval:  # a third case: the plain app also evaluating on the validation clips, as ours does
+            cases["peer_same_eval"] = plain("peer_same_eval", True)
+        res = _interleaved(cases, reps=reps, warmup=warmup)
+        if same_eval:
+            per = [a / b for a, b in zip(res["times"]["ours"], res["times"]["peer_same_eval"])]
+            q = np.percentile(per, [0, 25, 50, 75, 100])
+            res["ratio_same_eval"] = {"median": float(q[2]), "min": float(q[0]), "q1": float(q[1]),
+                                      "q3": float(q[3]), "max": float(q[4]), "per_rep": per}
     from detectlab.violence.model import param_counts
 
     c = param_counts(build_model(model))
@@ -388,8 +415,9 @@ def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, ro
                     "param_ratio": c["base"] / c["total"], "payload_ratio": o["payload_up"] / p["payload_up"],
                     "round_total_ours": o["up"] + o["down"], "round_total_peer": p["up"] + p["down"],
                     "source": "counted from round 1's messages on the deployment engine"}
-    res.update({"mode": f"deployment engine, SuperLink + 2 SuperNodes on 127.0.0.1 (TLS + auth), {rounds} rounds, "
-                        f"{size}x{size}, width {width}", "rounds": rounds})
+    res.update({"mode": f"deployment engine, SuperLink + 2 SuperNodes on 127.0.0.1 (TLS + auth, "
+                        f"{'warm' if warm else 'stock'} executor), {rounds} rounds, {size}x{size}, width {width}",
+                "rounds": rounds})
     return res
 
 

@@ -103,6 +103,9 @@ def test_check_update_by_hand():
     two["more"] = ArrayRecord({"w": Array(w)})
     assert "2 ArrayRecords" in check_update(two, exp)
     assert "metric keys" in check_update(_reply_content({"w": w, "b": b}, extra=1.0), exp)
+    none = _reply_content({"w": w, "b": b})
+    del none["metrics"]
+    assert check_update(none, exp) == "0 MetricRecords instead of 1"
     for bad in (0, -5, 2 * 10**9, 1.5):
         assert "num-examples" in check_update(_reply_content({"w": w, "b": b}, **{"num-examples": bad}), exp), bad
     assert data_bytes(ok["arrays"]) == (6 + 3) * 4
@@ -123,6 +126,7 @@ def test_bound_counts_by_hand():
     assert bound_counts(claims, {}, max_weight=2.0) == {0: 20, 1: 22, 2: 24, 3: 46}
     assert bound_counts({0: 10, 1: 30}, {}, max_weight=1.5) == {0: 10, 1: 30}  # median 20 -> cap 30
     assert bound_counts({0: 10, 1: 31}, {}, max_weight=1.5) == {0: 10, 1: 30}
+    assert bound_counts({0: 1, 1: 1}, {}, max_weight=0.5) == {0: 1, 1: 1}  # the cap never falls below 1
 
 
 def _train_reply(strat_msg: Message, arrays: dict, n: int) -> Message:
@@ -170,6 +174,38 @@ def test_norm_clipping_bounds_each_update():
     assert np.allclose(w, (0.1 + -0.5) / 2, atol=1e-6)
 
 
+def test_short_reason_by_hand():
+    """Catches: a ClientApp traceback from Ray (many lines) pasted whole into the one-line stop message."""
+    from detectlab.violence.strategy import short_reason
+
+    ray = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() File x\n  line 3"
+           "\nflwr.clientapp.client_app.ClientAppException: Exception ClientAppException occurred. Message: "
+           "HeadMissing: partition 1: head   gone'>")
+    assert short_reason(ray) == "HeadMissing: partition 1: head gone"
+    assert short_reason("a\n b\t c") == "a b c"
+    assert short_reason("x" * 300) == "x" * 237 + "..." and len(short_reason("y" * 240)) == 240
+    assert short_reason("z" * 50, limit=10) == "zzzzzzz..."
+
+
+def test_server_state_round_trip():
+    """Catches: a resumed strategy that loses its history, the rejected/bounded records, which round's head
+    each client continues from, the census or the node map (JSON turns the partition keys into strings)."""
+    from detectlab.violence.strategy import RobustFedAvg
+
+    a = RobustFedAvg(2, 5)
+    a.history = [{"round": 1, "clients": {0: {"loss": 0.5}, 1: {"loss": 0.7}}, "accuracy": 0.5},
+                 {"round": 2, "clients": {0: {"loss": 0.4}}, "accuracy": 0.6}]
+    a.rejected, a.bounded = [{"round": 2, "partition": 1, "reason": "nan"}], [{"round": 1, "partition": 0}]
+    a.head_rounds, a.census, a.node_pid = {0: 2, 1: 1}, {0: {"n_train": 3}, 1: {"n_train": 4}}, {101: 0, 102: 1}
+    st = json.loads(json.dumps(a.state_dict()))
+    assert st["round"] == 2
+    b = RobustFedAvg(2, 5)
+    assert b.load_state_dict(st) == 2
+    assert b.history == a.history and b.rejected == a.rejected and b.bounded == a.bounded
+    assert b.head_rounds == a.head_rounds and b.census == a.census and b.node_pid == a.node_pid
+    assert RobustFedAvg(2, 5).state_dict()["round"] == 0
+
+
 def _census_app(msg, ctx):
     """A ClientApp that only answers the census, with what its node config says."""
     nc = ctx.node_config
@@ -212,20 +248,33 @@ def run_job(job, grid, strategy="fedavg", start_fresh=True):
     return run_strategy(grid, job, strategy)
 
 
-def test_robust_option_holds_accuracy_under_attack(partition, tmp_path):
-    """Catches: one of four clients sending -1000 x its update with 100 x its count taking over the model.
-    With fl.aggregation=median the held-out accuracy stays within 0.05 of the clean run; plain FedAvg under
-    the same attack collapses (so the attack is real)."""
-    attack = "scale:3:-1000,count:3:100"
-    clean = run_job(make_job(tmp_path / "clean", partition, rounds=6), grid_for(4))
-    robust = run_job(make_job(tmp_path / "robust", partition, rounds=6, aggregation="median", fault=attack),
-                     grid_for(4, faulty=True))
-    naive = run_job(make_job(tmp_path / "naive", partition, rounds=6, fault=attack), grid_for(4, faulty=True))
-    assert clean["accuracy"] >= 0.75, clean["accuracy"]  # the clean federation learns the motion cue
-    assert abs(robust["accuracy"] - clean["accuracy"]) <= 0.05, (robust["accuracy"], clean["accuracy"])
-    assert naive["accuracy"] < clean["accuracy"] - 0.2 or not math.isfinite(naive["loss"])
-    # the 100x claim was cut to the census count of client 3 every round
-    assert [(b["partition"], b["claimed"], b["weight"]) for b in robust["bounded"]] == [(3, 2400, 24)] * 6
+@pytest.fixture
+def logged(monkeypatch):
+    """The progress.log lines (what the user sees and log.txt keeps) of the test."""
+    from detectlab.core import progress
+
+    lines: list[str] = []
+    monkeypatch.setattr(progress, "log", lambda msg: lines.append(str(msg)))
+    return lines
+
+
+def test_rejections_and_bounds_are_reported(partition, tmp_path, logged):
+    """Catches: a rejected update or a cut count that leaves no trace for the user (log line and record),
+    and a trimmed mean that silently trims nothing."""
+    from detectlab.violence.strategy import RobustFedAvg
+
+    job = make_job(tmp_path / "run", partition, rounds=1, n=3, fault="nan:1,count:2:100")
+    res = run_job(job, grid_for(3, faulty=True))
+    assert "round 1: rejected the update of partition 1: non-finite values in base.rgb.0.weight" in logged
+    assert "round 1: partition 2 claimed 2400 examples, weighted as 24" in logged
+    assert res["rejected"] == [{"round": 1, "partition": 1, "reason": "non-finite values in base.rgb.0.weight"}]
+    assert res["bounded"] == [{"round": 1, "partition": 2, "claimed": 2400, "weight": 24}]
+    assert res["history"][0]["clients"]["2"]["n_train"] == 24 and res["history"][0]["clients"]["2"]["claimed"] == 2400
+    logged.clear()
+    RobustFedAvg(4, 1, aggregation="trimmed", trim_beta=0.25)
+    assert logged == []
+    RobustFedAvg(3, 1, aggregation="trimmed", trim_beta=0.25)
+    assert logged == ["warning: a trimmed mean with fl.trim_beta=0.25 over 3 clients trims nothing"]
 
 
 def test_partial_participation_samples_a_fraction(partition, tmp_path):
@@ -264,6 +313,51 @@ def test_silent_node_ends_the_round_after_the_timeout(partition, tmp_path):
                                     min_clients=1), "fedavg")
     assert res["rounds"] == 1 and res["history"][0]["missing"][0]["partition"] == 1
     assert set(res["history"][0]["clients"]) == {"0", "1"} and res["per_client"]["1"]["accuracy"] is None
+
+
+def test_unavailable_node_is_named_by_partition(partition, tmp_path):
+    """Catches: an error reply that the SuperLink sends for a dead node (it comes from node 0, not from the
+    node) being put on the wrong client, or dropped without a word."""
+    from detectlab.violence.server_app import run_strategy
+    from detectlab.violence.strategy import FederationError
+
+    g = grid_for(2)
+    real = g.pull_messages
+
+    def pull(ids):  # node 1 missed its heartbeats once training was sent
+        if any(m.metadata.message_type == MessageType.TRAIN for m in g.sent):
+            g.unavailable.add(sorted(g.nodes)[1])
+        return real(ids)
+
+    g.pull_messages = pull
+    with pytest.raises(FederationError, match=r"round 1: 1 usable update\(s\), 2 needed \(fl.min_clients\): "
+                                              r"partition 1: Error: Node Unavailable"):
+        run_strategy(g, make_job(tmp_path / "run", partition, rounds=1, n=2, min_clients=0), "fedavg")
+
+
+def test_strategy_settings_by_hand():
+    """Catches: a sample size that truncates instead of rounding or reaches 0, min_clients read the wrong way,
+    and unknown settings accepted."""
+    from detectlab.violence.strategy import RobustFedAvg, make_aggregator
+
+    assert [RobustFedAvg(4, 1, fraction=f).sample_size() for f in (1.0, 0.5, 0.4, 0.3, 0.1)] == [4, 2, 2, 1, 1]
+    assert RobustFedAvg(10, 1, fraction=0.25).sample_size() == 2  # round(2.5) = 2 (banker's rounding)
+    assert [RobustFedAvg(4, 1, min_clients=m).needed() for m in (0, 1, 3, 9)] == [4, 1, 3, 4]
+    assert [RobustFedAvg(4, 1, fraction=0.5, min_clients=m).needed() for m in (0, 1, 3)] == [2, 1, 2]
+    with pytest.raises(ValueError, match="fraction must be in"):
+        RobustFedAvg(4, 1, fraction=0.0)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        RobustFedAvg(4, 1, fraction=1.5)
+    with pytest.raises(ValueError, match="unknown aggregation 'mean'"):
+        make_aggregator("mean")
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedMedian, Krum
+
+    assert type(make_aggregator("median")) is FedMedian and make_aggregator("krum").num_malicious_nodes == 1
+    assert make_aggregator("krum", krum_malicious=2).num_malicious_nodes == 2
+    assert make_aggregator("trimmed", trim_beta=0.3).beta == 0.3
+    clip = make_aggregator("fedavg", clip_norm=2.5, n_clients=3)
+    assert isinstance(clip, DifferentialPrivacyServerSideFixedClipping) and clip.clipping_norm == 2.5
+    assert clip.noise_multiplier == 0.0 and clip.num_sampled_clients == 3
 
 
 def test_bytes_are_counted_from_the_messages(partition, tmp_path):
@@ -447,7 +541,7 @@ def test_interrupted_run_resumes_to_the_same_result(partition, tmp_path):
         assert all(np.array_equal(pa[k], pb[k]) for k in pa)
 
 
-def test_restarted_node_without_its_head_is_an_error(partition, tmp_path):
+def test_restarted_node_without_its_head_is_an_error(partition, tmp_path, logged):
     """Catches fault 2's silent rebuild: a client whose node lost its storage mid-run gets a fresh head.
     The error reply names the missing head and the run stops with one line."""
     import shutil
@@ -473,3 +567,20 @@ def test_restarted_node_without_its_head_is_an_error(partition, tmp_path):
     with pytest.raises(FederationError) as e:
         run_strategy(g, job, "fedper")
     assert "partition 1: HeadMissing" in str(e.value) and "from round 1 is missing" in str(e.value)
+    assert any(ln.startswith("round 2: partition 1 failed: HeadMissing: partition 1: the personal head") for ln in logged)
+
+
+def test_robust_option_holds_accuracy_under_attack(partition, tmp_path):
+    """Catches: one of four clients sending -1000 x its update with 100 x its count taking over the model.
+    With fl.aggregation=median the held-out accuracy stays within 0.05 of the clean run; plain FedAvg under
+    the same attack collapses (so the attack is real)."""
+    attack = "scale:3:-1000,count:3:100"
+    clean = run_job(make_job(tmp_path / "clean", partition, rounds=6), grid_for(4))
+    robust = run_job(make_job(tmp_path / "robust", partition, rounds=6, aggregation="median", fault=attack),
+                     grid_for(4, faulty=True))
+    naive = run_job(make_job(tmp_path / "naive", partition, rounds=6, fault=attack), grid_for(4, faulty=True))
+    assert clean["accuracy"] >= 0.75, clean["accuracy"]  # the clean federation learns the motion cue
+    assert abs(robust["accuracy"] - clean["accuracy"]) <= 0.05, (robust["accuracy"], clean["accuracy"])
+    assert naive["accuracy"] < clean["accuracy"] - 0.2 or not math.isfinite(naive["loss"])
+    # the 100x claim was cut to the census count of client 3 every round
+    assert [(b["partition"], b["claimed"], b["weight"]) for b in robust["bounded"]] == [(3, 2400, 24)] * 6

@@ -27,6 +27,8 @@ def register_cli(subparsers) -> None:
     d.add_argument("--insecure", action="store_true", help="plain HTTP and no SuperNode authentication "
                                                            "(default: TLS with a throw-away CA + authentication)")
     d.add_argument("--no-auth", action="store_true", help="TLS without SuperNode authentication")
+    d.add_argument("--stock-executor", action="store_true", help="Flower's own subprocess executor on the "
+                                                                 "SuperNodes (default: warm ClientApp processes)")
     d.add_argument("--tls", action="store_true", help=argparse_hidden())
     d.add_argument("--auth", action="store_true", help=argparse_hidden())
     d.add_argument("--timeout", type=float, default=3600, help="seconds for the whole run [3600]")
@@ -93,7 +95,7 @@ def _cmd_deploy(args) -> int:
     from detectlab.core.runs import Run
     from detectlab.violence import experiment
     from detectlab.violence.flower_app import CLIENTAPP, FAULTY_CLIENTAPP, LocalDeployment, make_sites, write_app
-    from detectlab.violence.server_app import read_status
+    from detectlab.violence.server_app import _relay, read_status
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -114,15 +116,22 @@ def _cmd_deploy(args) -> int:
     node_config = {i: f'data-dir="{s}" state-dir="{s}/flower"' for i, s in enumerate(sites)}
     tls = not args.insecure
     with LocalDeployment(out / "deployment", k, tls=tls, auth=tls and not args.no_auth,
-                         node_config=node_config) as dep:
+                         node_config=node_config, warm=not args.stock_executor) as dep:
         progress.log(f"violence deploy: SuperLink on 127.0.0.1:{dep.port} ({'TLS' if tls else 'plain'}"
                      f"{', SuperNode authentication' if dep.auth else ''}), {k} SuperNodes; logs in {dep.dir}")
         h = dep.submit(app)
-        try:
-            h.wait(args.timeout)
-        except TimeoutError as e:
-            print(f"violence deploy: {e}; logs in {dep.dir}", file=sys.stderr)
-            return 1
+        import time
+
+        seen, t0 = 0, time.monotonic()
+        while h.proc.poll() is None:  # show the ServerApp's round lines as they come
+            time.sleep(0.5)
+            seen = _relay(h.output(), seen)
+            if time.monotonic() - t0 > args.timeout:
+                h.proc.kill()
+                print(f"violence deploy: the run did not finish within {args.timeout:.0f} s (--timeout); logs in "
+                      f"{dep.dir}", file=sys.stderr)
+                return 1
+        _relay(h.output() + "\n", seen)
     st = read_status(out)
     if st.get("status") != "finished" or not (out / "metrics.json").exists():
         line = st.get("line") or "the ServerApp went away before the run finished (SuperLink stopped?)"

@@ -362,7 +362,8 @@ def federation_metrics(job: dict, results: dict[str, dict]) -> dict:
     """metrics.json of a deployment run (same layout as the simulation protocol's)."""
     census = next(iter(results.values()))["census"] if results else {}
     clients = [{"client": int(p), **{k: v.get(k) for k in ("train_fight", "train_nonfight", "test_fight",
-                                                             "test_nonfight", "clips", "fingerprint", "split")}}
+                                                             "test_nonfight", "train_clips", "test_clips", "clips",
+                                                             "fingerprint", "split")}}
                for p, v in sorted(census.items(), key=lambda kv: int(kv[0]))]
     counts = param_counts(build_model(job["model"]))
     return {"experiments": {job["experiment"]: {"clients": clients, "n_clients": job["n_clients"],

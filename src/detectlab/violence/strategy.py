@@ -165,7 +165,8 @@ class RobustFedAvg(FedAvg):
         self.poll = poll
         self.aggregator = make_aggregator(aggregation, trim_beta, krum_malicious, clip_norm, n_clients)
         if aggregation == "trimmed" and int(trim_beta * self.sample_size()) < 1:
-            log(WARNING, "trimmed mean with beta %s over %d clients trims nothing", trim_beta, self.sample_size())
+            progress.log(f"warning: a trimmed mean with fl.trim_beta={trim_beta} over {self.sample_size()} clients "
+                         "trims nothing")
         # per run
         self.history: list[dict] = []
         self.exports: dict[int, ArrayRecord] = {}
@@ -344,15 +345,14 @@ class RobustFedAvg(FedAvg):
                 reason = short_reason(m.error.reason)
                 self._cur["missing"].append({"phase": "train", "node": self.node_of(m), "partition": pid,
                                              "reason": reason})
-                log(WARNING, "round %d: error reply from partition %d: %s", server_round, pid, m.error.reason)
+                log(WARNING, "round %d: partition %d: %s", server_round, pid, m.error.reason)  # pragma: no mutate
                 progress.log(f"round {server_round}: partition {pid} failed: {reason}")
                 continue
             reason = check_update(m.content, self._expected)
             if reason is None and pid in claims:
                 reason = f"a second update for partition {pid} in the same round"
             if reason is not None:
-                log(WARNING, "round %d: rejected the update of node %d (partition %d): %s",
-                    server_round, m.metadata.src_node_id, pid, reason)
+                log(WARNING, "round %d: rejected partition %d: %s", server_round, pid, reason)  # pragma: no mutate
                 progress.log(f"round {server_round}: rejected the update of partition {pid}: {reason}")
                 self._cur["rejected"].append({"partition": pid, "reason": reason})
                 self.rejected.append({"round": server_round, "partition": pid, "reason": reason})
@@ -379,8 +379,8 @@ class RobustFedAvg(FedAvg):
                 ev = {"round": server_round, "partition": pid, "claimed": claims[pid], "weight": weights[pid]}
                 self._cur["bounded"].append(ev)
                 self.bounded.append(ev)
-                progress.log(f"round {server_round}: partition {pid} claimed {claims[pid]} examples, "
-                             f"weighted as {weights[pid]}")
+                progress.log(f"round {server_round}: partition {pid} claimed {claims[pid]} examples, weighted as "
+                             f"{weights[pid]}")
             mr["num-examples"] = int(weights[pid])
             self._client(pid)["n_train"] = int(weights[pid])
             self.head_rounds[pid] = server_round  # this client's head of this round is the one to continue from
@@ -403,8 +403,7 @@ class RobustFedAvg(FedAvg):
         for m in replies:
             pid = self._count_up(m, "eval")
             if m.has_error():
-                log(INFO, "round %d: error in evaluate reply from partition %d: %s", server_round, pid,
-                    m.error.reason)
+                log(INFO, "round %d: evaluate: partition %d: %s", server_round, pid, m.error.reason)  # pragma: no mutate
                 self._cur["missing"].append({"phase": "evaluate", "node": self.node_of(m), "partition": pid,
                                              "reason": short_reason(m.error.reason)})
                 continue
