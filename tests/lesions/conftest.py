@@ -1,13 +1,16 @@
 import numpy as np
 import pytest
 
-#: A tiny but complete configuration: ResNet18-T1, 128 px built-in slices, a few iterations.
-TINY = ["backbones=['resnet18_t1']", "image_size=128", "model.min_size=128", "model.max_size=128",
-        "model.box_batch_size_per_image=16", "model.rpn_post_nms_top_n_train=100", "model.box_score_thresh=0.05",
-        "seg.iterations=6", "seg.batch_size=2", "seg.lr=1e-3", "seg.log_every=3", "seg.checkpoint_every=0",
-        "cls.epochs=30", "cls.lr=1e-3", "cls.roi_batch=32", "cls.hidden=64", "cls.test_fraction=0.34",
-        "synthetic.seg_patients=6", "val_fraction=0.34", "synthetic.cls_patients=6", "model.rpn_pre_nms_top_n_test=200", "model.rpn_post_nms_top_n_test=100", "model.detections_per_img=10", "synthetic.slices_per_patient=2",
-        "synthetic.size=128", "figure_examples=1"]
+#: A tiny but complete configuration: ResNet18-T2 with GroupNorm, 64 px built-in slices, a few iterations,
+#: the classifier on cached RoIs (so predict shares one backbone pass).
+TINY = ["backbones=['resnet18_t2']", "image_size=64", "model.min_size=64", "model.max_size=64", "model.norm=group",
+        "model.fit_anchors=true", "model.box_batch_size_per_image=16", "model.rpn_post_nms_top_n_train=100",
+        "model.box_score_thresh=0.05", "model.rpn_pre_nms_top_n_test=100", "model.rpn_post_nms_top_n_test=50",
+        "model.detections_per_img=10", "seg.iterations=4", "seg.batch_size=2", "seg.lr=1e-3", "seg.log_every=2",
+        "seg.checkpoint_every=2", "seg.eval_every=2", "seg.hflip=true", "cls.epochs=3", "cls.lr=1e-3",
+        "cls.roi_batch=16", "cls.hidden=32", "cls.test_fraction=0.34", "cls.train_norm_affine=false",
+        "synthetic.seg_patients=6", "split.val_fraction=0.34", "synthetic.cls_patients=6",
+        "synthetic.slices_per_patient=2", "synthetic.size=64", "figure_examples=1"]
 
 
 @pytest.fixture(scope="session")

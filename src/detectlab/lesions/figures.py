@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from detectlab.lesions.data import CLASS_NAMES  # noqa: E402
+from detectlab.lesions.config import CLASS_NAMES  # noqa: E402
 
 COLORS = np.array([[1.0, 0.2, 0.2], [0.2, 1.0, 0.2], [0.3, 0.5, 1.0], [1.0, 0.9, 0.1], [1.0, 0.3, 1.0],
                    [0.1, 1.0, 1.0]])
@@ -69,8 +69,7 @@ def fig2(run, cfg, backbone: str, cls_result: dict | None) -> None:
     ground truth, class scores."""
     import torch
 
-    from detectlab.lesions.experiment import classification_data, segmentation_data
-    from detectlab.lesions.data import to_tensor
+    from detectlab.lesions.data import classification_data, segmentation_data, to_tensor
     from detectlab.lesions.train import load_segmentation
 
     device = torch.device("cpu")
@@ -84,7 +83,7 @@ def fig2(run, cfg, backbone: str, cls_result: dict | None) -> None:
             k = next((i for i, s in enumerate(test) if s.label == c), None)
             if k is not None and test[k].name in names:
                 rows.append((test[k], probs[names.index(test[k].name)]))
-    _, val, _ = segmentation_data(cfg, run.dir)
+    val = segmentation_data(cfg, run.dir).val
     with_lesion = [s for s in val if s.mask.any()][: max(1, cfg.figure_examples - len(rows) // 2)]
     rows += [(s, None) for s in with_lesion]
     if not rows:
@@ -137,20 +136,40 @@ def fig3(run, backbone: str, cls_result: dict, top: int = 16) -> None:
 
 
 def curves(run, seg: dict, cls: dict) -> None:
-    fig, axes = plt.subplots(1, 2 if cls else 1, figsize=(11 if cls else 6, 4), squeeze=False)
-    for k, r in seg.items():
-        axes[0, 0].plot(r["history"]["step"], r["history"]["loss"], label=r["backbone"])
-    axes[0, 0].set_xlabel("iteration")
-    axes[0, 0].set_ylabel("Mask R-CNN loss (sum)")
-    axes[0, 0].set_title("segmentation training", fontsize=9)
-    axes[0, 0].legend(fontsize=7)
+    has_curve = any(r["history"].get("curve") for r in seg.values())
+    n = 1 + bool(cls) + has_curve
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), squeeze=False)
+    ax = axes[0, 0]
+    for r in seg.values():
+        ax.plot(r["history"]["step"], r["history"]["loss"], label=r["backbone"])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("Mask R-CNN loss (sum)")
+    ax.set_title("segmentation training", fontsize=9)
+    ax.legend(fontsize=7)
+    k = 1
+    if has_curve:
+        ax = axes[0, k]
+        k += 1
+        for r in seg.values():
+            c = r["history"].get("curve") or []
+            it = [p["iteration"] for p in c]
+            ax.plot(it, [p["ap50"] for p in c], "o-", label=f"{r['backbone']} mask AP@0.5")
+            ax.plot(it, [p["dice"] for p in c], "s--", label=f"{r['backbone']} Dice")
+            base = r.get("baseline", {}).get("dice", {}).get("pooled")
+            if base is not None:
+                ax.axhline(base, color="gray", ls=":", label=f"lung-threshold Dice {base:.2f}")
+        ax.set_xlabel("iteration")
+        ax.set_ylim(0, 1)
+        ax.set_title("validation volumes", fontsize=9)
+        ax.legend(fontsize=7)
     if cls:
-        for k, r in cls.items():
-            axes[0, 1].plot(r["history"]["epoch"], r["history"]["loss"], label=r["backbone"])
-        axes[0, 1].set_xlabel("epoch")
-        axes[0, 1].set_ylabel("cross-entropy")
-        axes[0, 1].set_title("classifier S training", fontsize=9)
-        axes[0, 1].legend(fontsize=7)
+        ax = axes[0, k]
+        for r in cls.values():
+            ax.plot(r["history"]["epoch"], r["history"]["loss"], label=r["backbone"])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title("classifier S training", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     run.save_figure(fig, "training_curves")
 

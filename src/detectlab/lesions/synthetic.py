@@ -6,7 +6,8 @@ bright vessels in the lungs, and lesions drawn per class:
 - common pneumonia (1): 1-2 large, dense consolidations with a ground-glass rim, anywhere in a lung;
 - normal (0): no lesion.
 Files: ``images/<class>_<patient>_<scan>_<slice>.png`` (8-bit gray, the COVIDx naming) and
-``masks/<same>.png`` with the MedSeg convention (0 background, 1 GGO, 2 consolidation).
+``masks/<same>.png`` with the MedSeg convention (0 background, 1 GGO, 2 consolidation), and
+``lungs/<same>.png`` (0/255 lung mask, as COVID-19-CT-Seg's lungs/).
 Everything is vectorised over the pixel grid.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from detectlab.lesions.data import CLASS_NAMES
+from detectlab.lesions.config import CLASS_NAMES
 
 
 def _ellipse(yy, xx, cy, cx, ry, rx, angle=0.0):
@@ -38,8 +39,9 @@ def _blob(rng, yy, xx, cy, cx, r, lobes=4):
     return d
 
 
-def make_slice(rng: np.random.Generator, size: int, cls: int) -> tuple[np.ndarray, np.ndarray]:
-    """One (image uint8 (size, size), mask uint8 with 0/1/2) pair of class `cls`."""
+def make_slice(rng: np.random.Generator, size: int, cls: int, with_lungs: bool = False):
+    """One (image uint8 (size, size), mask uint8 with 0/1/2) pair of class `cls`; with `with_lungs` also
+    the lung mask (bool)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     s = float(size)
     img = np.full((size, size), 8.0, np.float32)
@@ -97,7 +99,8 @@ def make_slice(rng: np.random.Generator, size: int, cls: int) -> tuple[np.ndarra
             img[core] = 125.0 + 10.0 * rng.normal(0, 1, int(core.sum()))
             mask[core] = 2
     img = ndimage.gaussian_filter(img, 0.8) + rng.normal(0, 5.0, img.shape)
-    return np.clip(img, 0, 255).round().astype(np.uint8), mask
+    out = np.clip(img, 0, 255).round().astype(np.uint8)
+    return (out, mask, lungs) if with_lungs else (out, mask)
 
 
 def generate(root: str | Path, n_patients: int = 12, slices_per_patient: int = 3, size: int = 128,
@@ -110,19 +113,21 @@ def generate(root: str | Path, n_patients: int = 12, slices_per_patient: int = 3
 
     root = Path(root)
     manifest = {"n_patients": n_patients, "slices_per_patient": slices_per_patient, "size": size, "seed": seed,
-                "classes": list(CLASS_NAMES)}
+                "classes": list(CLASS_NAMES), "lungs": True}
     mf = root / "manifest.json"
     if mf.exists() and json.loads(mf.read_text()) == manifest:
         return root
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
+    (root / "lungs").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for p in range(n_patients):
         cls = p % 3
         for k in range(slices_per_patient):
-            img, mask = make_slice(rng, size, cls)
+            img, mask, lungs = make_slice(rng, size, cls, with_lungs=True)
             name = f"{cls}_{p:04d}_{seed:04d}_{k:04d}.png"
             Image.fromarray(img, "L").save(root / "images" / name)
             Image.fromarray(mask, "L").save(root / "masks" / name)
+            Image.fromarray(lungs.astype(np.uint8) * 255, "L").save(root / "lungs" / name)
     mf.write_text(json.dumps(manifest))
     return root
