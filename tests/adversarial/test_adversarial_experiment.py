@@ -224,3 +224,16 @@ def test_missing_data_path_exits_2(tmp_path, capsys):
     assert main(["adversarial", "run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0]
+
+
+def test_evaluate_reads_run_configs_of_older_versions(tmp_path):
+    """A model run written before the config moved (retired keys fgsm, threshold_images, adaptive.enabled)
+    still loads for evaluate (fault: evaluate refusing every run trained with an earlier version), and its
+    models_from is dropped (the checkpoints are the run's own)."""
+    from detectlab.adversarial.evaluate import run_config
+
+    (tmp_path / "config.toml").write_text(
+        'preset = "paper"\nseed = 3\nfgsm = true\nthreshold_images = 0\nmodels_from = "/gone"\n'
+        '[attack]\nsteps = 7\neps = [0.1, 0.2]\n[adaptive]\nenabled = true\nweight = 4.0\n')
+    cfg = run_config(tmp_path)
+    assert (cfg.seed, cfg.attack.steps, cfg.attack.eps, cfg.adaptive.weight, cfg.models_from) == (3, 7, [0.1, 0.2], 4.0, "")
