@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from detectlab.adversarial.synthetic import builtin_digits
+from detectlab.adversarial.data import builtin_digits
 
 
 @pytest.fixture(scope="session")

@@ -1,69 +1,160 @@
 import numpy as np
 import pytest
 import torch
+from scipy.signal import convolve2d
 
-from detectlab.adversarial.detector import SteganalysisDetector, statistic, statistic_batched
+from detectlab.adversarial.detector import (SteganalysisDetector, _fused, quantize, roc_auc, roc_curve,
+                                            statistic, statistic_fast, threshold_at_fpr, to_uint8, tpr_at_fpr)
 
-
-def reference(img: np.ndarray, c: float = 5.0) -> float:
-    """Eq. 3 written pixel by pixel, on the 0-255 scale, interior pixels only."""
-    x = img.astype(np.float64) * 255
-    K = np.array([[-0.25, 0.5, -0.25], [0.5, 0, 0.5], [-0.25, 0.5, -0.25]])
-    ws, rs = [], []
-    for i in range(1, x.shape[0] - 1):
-        for j in range(1, x.shape[1] - 1):
-            patch = x[i - 1:i + 2, j - 1:j + 2]
-            xhat = (patch * K).sum()
-            nb = np.array([x[i - 1, j], x[i + 1, j], x[i, j - 1], x[i, j + 1]])
-            ws.append(1 / (nb.var() + c))
-            rs.append(x[i, j] - xhat)
-    w = np.array(ws) / np.sum(ws)
-    return float(np.mean(np.abs(w * np.array(rs))))
+KERNEL = np.array([[-0.25, 0.5, -0.25], [0.5, 0, 0.5], [-0.25, 0.5, -0.25]])
+MEAN_KERNEL = np.array([[0, 0.25, 0], [0.25, 0, 0.25], [0, 0.25, 0]])
 
 
-def test_single_interior_pixel_by_hand():
-    # 3x3 image: one interior pixel. neighbours 10,20,30,40 (var 125), diagonals 0, centre 100.
-    img = np.array([[0, 10, 0], [30, 100, 40], [0, 20, 0]], float) / 255
-    xhat = 0.5 * (10 + 20 + 30 + 40)  # = 50
-    # w is normalised to 1 (one pixel), n = 1: p = |100 - 50| = 50
-    assert float(statistic(torch.tensor(img)[None])) == pytest.approx(50.0, rel=1e-5)
-    assert float(statistic_batched(torch.tensor(img, dtype=torch.float32)[None])) == pytest.approx(50.0, rel=1e-4)
-    assert reference(img) == pytest.approx(50.0)
+def authors_statistic(sample: np.ndarray, divisor: float = 3.0) -> float:
+    """alxshine/stego4secureML common.py (diffToEstimate(sample, kernel, getWeightMatrix(sample))), copied in
+    spirit line by line: scipy convolve2d 'valid', the neighbour mean by convolution, a pixel loop for the
+    weights. An implementation independent of the tensor code under test; `divisor` is their 3 or our 4."""
+    estimated = convolve2d(sample, KERNEL, mode="valid")
+    resized = sample[1:-1, 1:-1]
+    diff = resized - estimated
+    m = convolve2d(sample, MEAN_KERNEL, mode="valid")
+    weights = np.zeros_like(resized)
+    for x in range(weights.shape[0]):
+        for y in range(weights.shape[1]):
+            ox, oy = x + 1, y + 1
+            weights[x, y] = ((sample[ox - 1, oy] - m[x, y]) ** 2 + (sample[ox + 1, oy] - m[x, y]) ** 2
+                             + (sample[ox, oy - 1] - m[x, y]) ** 2 + (sample[ox, oy + 1] - m[x, y]) ** 2) / divisor
+    weights = 1.0 / (weights + 5)
+    weights = weights / weights.sum()
+    return float(np.mean(np.abs(diff * weights)))
 
 
-def test_matches_pixel_loop_reference_on_random_images():
+@pytest.fixture(scope="module")
+def images():
+    """8-bit images with every kind of neighbourhood: random noise, smooth ramps, flat areas and strokes."""
     rng = np.random.default_rng(1)
-    imgs = rng.random((4, 9, 11))
-    ours = statistic(torch.tensor(imgs)).numpy()
-    fast = statistic_batched(torch.tensor(imgs, dtype=torch.float32)).numpy()
-    ref = np.array([reference(im) for im in imgs])
-    np.testing.assert_allclose(ours, ref, rtol=1e-10)
-    np.testing.assert_allclose(fast, ref, rtol=1e-3)
-    # batching does not change a result
-    np.testing.assert_allclose(statistic_batched(torch.tensor(imgs, dtype=torch.float32), batch_size=1).numpy(),
-                               fast, rtol=1e-6)
+    noise = rng.integers(0, 256, (3, 12, 10))
+    yy, xx = np.mgrid[0:12, 0:10]
+    ramp = (9 * xx + 13 * yy)[None]
+    strokes = np.zeros((2, 12, 10), int)
+    strokes[0, 3:9, 4:6] = 255
+    strokes[1, 2:10, 2:8] = rng.integers(0, 2, (8, 6)) * 200
+    return np.concatenate([noise, ramp, strokes]).astype(np.uint8)
 
 
-def test_smooth_images_score_low_and_constant_image_zero():
-    assert float(statistic(torch.full((1, 1, 8, 8), 0.5, dtype=torch.float64))) == pytest.approx(0.0, abs=1e-9)
+@pytest.mark.parametrize("divisor", [3, 4])
+def test_all_implementations_match_the_authors_code(images, divisor):
+    """Faults caught: a wrong predictor kernel, variance convention (/3 vs /4), weight normalisation or
+    border handling in any of the three implementations (autograd, flat fast path, fused formula)."""
+    ref = np.array([authors_statistic(im.astype(float), divisor) for im in images])
+    u8 = torch.from_numpy(images)
+    f64 = u8.double() / 255
+    np.testing.assert_allclose(statistic(f64, divisor=divisor).numpy(), ref, rtol=1e-10)
+    np.testing.assert_allclose(statistic_fast(u8, divisor=divisor).numpy(), ref, rtol=2e-5)
+    np.testing.assert_allclose(statistic_fast(u8.float() / 255, divisor=divisor).numpy(), ref, rtol=2e-4)
+    np.testing.assert_allclose(_fused(u8.float(), 5.0, divisor).numpy(), ref, rtol=2e-5)
+    # chunking (a remainder chunk of 1) does not change a result
+    np.testing.assert_allclose(statistic_fast(u8, batch_size=2, divisor=divisor).numpy(),
+                               statistic_fast(u8, divisor=divisor).numpy(), rtol=1e-6)
+
+
+def test_two_pixel_image_by_hand():
+    """Two interior pixels with different local variance: the weights differ, so a detector that ignores
+    them (uniform w) or mis-normalises them gives another value. Caught: w not applied, variance / 4
+    instead of / 3, w normalised per pixel instead of per image."""
+    img = np.array([[0, 10, 0, 0], [30, 100, 40, 0], [0, 20, 0, 0]], float)
+    # pixel (1,1): neighbours 10,20,30,40 -> mean 25, Σ(v-m)² = 500, σ² = 500/3; x̂ = ½·100 - ¼·0 = 50, r = 50
+    # pixel (1,2): neighbours 0,0,100,0 -> mean 25, Σ(v-m)² = 7500, σ² = 2500; x̂ = ½·100 - ¼·(10+20) = 42.5,
+    #              r = 40 - 42.5 = -2.5
+    w1, w2 = 1 / (500 / 3 + 5), 1 / (2500 + 5)
+    expect = (w1 * 50 + w2 * 2.5) / (w1 + w2) / 2
+    assert authors_statistic(img) == pytest.approx(expect, rel=1e-12)
+    x = torch.tensor(img / 255)[None]
+    assert float(statistic(x)) == pytest.approx(expect, rel=1e-9)
+    assert float(statistic_fast(torch.tensor(img, dtype=torch.uint8)[None])) == pytest.approx(expect, rel=1e-5)
+    assert float(statistic(x, divisor=4)) != pytest.approx(expect, rel=1e-5)  # the convention matters here
+
+
+def test_linear_images_score_zero_and_gradcheck():
+    """The predictor is exact on linear images (fault: a kernel that does not sum to 1); the autograd
+    statistic has correct gradients (the adaptive attacker follows them)."""
     yy, xx = torch.meshgrid(*(torch.linspace(0, 1, 16, dtype=torch.float64),) * 2, indexing="ij")
-    ramp = (0.3 * xx + 0.5 * yy)[None, None]  # linear images are predicted exactly
-    assert float(statistic(ramp)) == pytest.approx(0.0, abs=1e-9)
+    assert float(statistic((0.3 * xx + 0.5 * yy)[None, None])) == pytest.approx(0.0, abs=1e-12)
+    x = torch.rand(1, 1, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: statistic(t), (x,), eps=1e-6, atol=1e-6)
 
 
-def test_fit_gives_no_false_positive_and_flags_noise(digits):
+def test_quantize_round_and_the_authors_floor():
+    """'floor' is numpy's (adv * 255).astype(int) on float32 (the authors' code); 'round' the nearest level.
+    Fault caught: floor and round swapped, or floor on a float64 copy (differs from float32 at level edges)."""
+    rng = np.random.default_rng(0)
+    a = rng.random(5000).astype(np.float32)
+    a[:3] = [0.0, 1.0, 128 / 255]
+    t = torch.from_numpy(a)
+    np.testing.assert_array_equal(to_uint8(t, "floor").numpy(), (a * 255).astype(int))
+    np.testing.assert_array_equal(to_uint8(t, "round").numpy(), np.rint(a.astype(np.float64) * 255).astype(int))
+    assert (to_uint8(t, "floor") != to_uint8(t, "round")).float().mean() > 0.3
+    np.testing.assert_allclose(quantize(t, "round").numpy() * 255, np.rint(a.astype(np.float64) * 255), atol=1e-3)
+    assert torch.equal(quantize(t, "none"), t)
+    with pytest.raises(ValueError, match="unknown"):
+        quantize(t, "nearest")
+
+
+def test_roc_auc_and_tpr_at_fpr():
+    """AUC with ties equals sklearn's; the FPR-constrained threshold lets through exactly floor(fpr·n)
+    negatives. Faults: ties counted as wins, an off-by-one in the allowed false positives, >= for >."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    neg = rng.integers(0, 50, 1000).astype(float)
+    pos = rng.integers(20, 80, 300).astype(float)
+    auc = roc_auc_score(np.r_[np.zeros(1000), np.ones(300)], np.r_[neg, pos])
+    assert roc_auc(neg, pos) == pytest.approx(auc, abs=1e-12)
+    neg = np.arange(1000.0)
+    assert threshold_at_fpr(neg, 0.01) == 989.0  # 990..999 (10 = 1 %) lie above it
+    r = tpr_at_fpr(neg, np.array([989.0, 989.5, 1500.0, 5.0]), 0.01)
+    assert r == {"threshold": 989.0, "fpr": 0.01, "tpr": 0.5}
+    assert tpr_at_fpr(neg, np.array([999.5]), 0.0)["threshold"] == 999.0
+    c = roc_curve(np.array([0.0, 1.0]), np.array([1.0, 2.0]))
+    # points of "score > t" for t = 2, 1, 0, then (1, 1)
+    assert c["fpr"] == [0.0, 0.0, 0.0, 0.5, 1.0] and c["tpr"] == [0.0, 0.0, 0.5, 1.0, 1.0]
+
+
+def test_fit_sets_max_and_quantile_thresholds(digits):
+    """The thresholds are the max and the 0.9999 / 0.999 quantiles of the training statistic (faults: the
+    mean, a quantile of the wrong tail); attacked-looking (±0.2 sign-noise) images are flagged."""
     train, test = digits
-    det = SteganalysisDetector().fit(train.x)
-    _, flagged_train = det.detect(train.x)
-    assert not flagged_train.any()
+    u8 = to_uint8(train.x[:300], "round")
+    s = np.array([authors_statistic(im.astype(float)) for im in u8[:, 0].numpy()])
+    det = SteganalysisDetector().fit(u8)
+    assert det.threshold == pytest.approx(s.max(), rel=1e-5)
+    assert det.fit_stats["second_max"] == pytest.approx(np.sort(s)[-2], rel=1e-5)
+    # 3,000 distinct statistics: at most 0.1 % (3 images) above q0.999, at most 0.01 % (0) above q0.9999
+    noise = torch.randint(0, 256, (3000, 5, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    big = SteganalysisDetector().fit(noise)
+    sn = big.score(noise).numpy()
+    assert (sn > big.thresholds["q0.999"]).sum() == 3 and (sn > big.thresholds["q0.9999"]).sum() == 0
+    assert big.thresholds["q0.999"] == np.sort(sn)[-4] and big.thresholds["max"] == sn.max()
     g = torch.Generator().manual_seed(0)
     noisy = (test.x + 0.2 * torch.sign(torch.randn(test.x.shape, generator=g))).clamp(0, 1)
-    _, flagged_noisy = det.detect(noisy)
-    assert flagged_noisy.float().mean() > 0.95
+    _, flagged = det.detect(to_uint8(noisy))
+    assert flagged.float().mean() > 0.95
+    _, clean_flags = det.detect(to_uint8(test.x))
+    assert clean_flags.float().mean() < 0.05
     with pytest.raises(RuntimeError, match="not fitted"):
         SteganalysisDetector().detect(test.x)
 
 
-def test_statistic_is_differentiable():
-    x = torch.rand(3, 1, 10, 10, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: statistic(t), (x,), eps=1e-6, atol=1e-6)
+def test_compiled_branch_scales_and_chunks_like_the_eager_one(images, monkeypatch):
+    """The torch.compile branch (30 s to compile, so run here with compile as the identity): uint8 levels
+    and [0, 1] floats give the same values in chunks of any size (faults: floats not scaled by 255,
+    a dropped last chunk)."""
+    import detectlab.adversarial.detector as d
+
+    monkeypatch.setattr(d, "_COMPILED", None)
+    monkeypatch.setattr(torch, "compile", lambda f, **kw: f)
+    u8 = torch.from_numpy(np.concatenate([images] * 200))  # 1,200 images: a second, partial chunk of 1,000
+    eager = statistic_fast(u8)
+    np.testing.assert_allclose(statistic_fast(u8, compiled=True).numpy(), eager.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(statistic_fast(u8.float() / 255, compiled=True).numpy(), eager.numpy(), rtol=2e-4)
+    assert statistic_fast(u8[:0]).shape == (0,)

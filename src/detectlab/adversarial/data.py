@@ -150,3 +150,127 @@ def load_images(paths: list[Path]) -> tuple[torch.Tensor, list[str]]:
     if not torch.isfinite(x).all():
         raise InputError(paths[0], "image contains NaN or infinite values")
     return x, names
+
+
+# ------------------------------------------------------------------------------- data preparation
+
+BUILTIN = "sklearn-digits"
+
+
+def builtin_digits(seed: int = 0, test_fraction: float = 0.25) -> tuple[Split, Split]:
+    """(train, test) of the built-in MNIST-like digits (see synthetic.py)."""
+    from detectlab.adversarial.synthetic import builtin_arrays
+
+    xtr, ytr, xte, yte = builtin_arrays(seed, test_fraction)
+    return Split(xtr, ytr, BUILTIN), Split(xte, yte, BUILTIN)
+
+
+def load_data(cfg) -> tuple[Split, Split]:
+    """(train, test) for a config: MNIST from its data path, or the built-in digits.
+
+    The training split is cut to `train.n_train` images (class-stratified, seeded); the test split is
+    returned whole (the protocol takes its attacked subset and its benign negatives from it).
+    """
+    from detectlab.adversarial.config import DATA_SUBDIR
+    from detectlab.core.config import resolve_data
+
+    path = resolve_data(cfg.data, DATA_SUBDIR)
+    if path is None:
+        train, test = builtin_digits(seed=0)
+    else:
+        train, test = load_mnist(path, "train"), load_mnist(path, "test")
+    return train.subset(cfg.train.n_train, cfg.seed), test
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".tif", ".tiff")
+
+
+def _labels_for(images: Path) -> Path:
+    name = images.name
+    for a, b in (("images", "labels"), ("idx3", "idx1")):
+        name = name.replace(a, b)
+    cand = [images.with_name(name)]
+    cand += [c.with_name(c.name + ".gz") for c in cand] + [c.with_name(c.name[:-3]) for c in cand if c.name.endswith(".gz")]
+    for c in cand:
+        if c != images and c.exists():
+            return c
+    raise InputError(images, "no label file beside the image file",
+                     f"{name} (idx labels, magic 2049) in {images.parent}")
+
+
+def _idx_pair(folder: Path) -> tuple[Path, Path] | None:
+    for split in ("test", "train"):
+        img_stem, lab_stem = _NAMES[split]
+        try:
+            return _find(folder, img_stem), _find(folder, lab_stem)
+        except InputError:
+            continue
+    imgs = sorted(p for p in folder.iterdir() if "idx3" in p.name)
+    if len(imgs) == 1:
+        return imgs[0], _labels_for(imgs[0])
+    if len(imgs) > 1:
+        raise InputError(folder, f"{len(imgs)} idx image files and no MNIST names",
+                         "one images file (idx3) with its labels (idx1), or t10k-/train- MNIST names")
+    return None
+
+
+def _read_pair(ip: Path, lp: Path) -> Split:
+    images, labels = read_idx(ip, IMAGE_MAGIC), read_idx(lp, LABEL_MAGIC)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise InputError(ip, f"images of shape {images.shape[1:]}", "28x28 images (count, 28, 28)")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise InputError(ip, f"{images.shape[0]} images but {labels.shape[0] if labels.ndim else 0} labels "
+                             f"in {lp.name}")
+    if labels.max(initial=0) > 9:
+        raise InputError(lp, f"label {int(labels.max())} out of range", "digits 0-9")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return Split(x, torch.from_numpy(labels.astype(np.int64)), str(ip))
+
+
+def _png_folder(folder: Path) -> Split | None:
+    """A folder of class subfolders 0..9 holding images, or images listed in labels.csv (file,label)."""
+    import csv
+
+    items: list[tuple[Path, int]] = []
+    csv_path = folder / "labels.csv"
+    if csv_path.exists():
+        with open(csv_path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        if rows and not rows[0][-1].strip().lstrip("-").isdigit():
+            rows = rows[1:]  # header
+        for i, r in enumerate(rows, start=2):
+            if len(r) < 2:
+                raise InputError(csv_path, f"line {i} has {len(r)} fields", "file,label")
+            try:
+                lab = int(r[1])
+            except ValueError:
+                raise InputError(csv_path, f"line {i}: label {r[1]!r} is not an integer", "digits 0-9") from None
+            items.append((folder / r[0].strip(), lab))
+    else:
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()):
+            items += [(p, int(sub.name)) for p in sorted(sub.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES]
+    if not items:
+        return None
+    bad = [lab for _, lab in items if not 0 <= lab <= 9]
+    if bad:
+        raise InputError(csv_path if csv_path.exists() else folder, f"label {bad[0]} out of range", "digits 0-9")
+    x, _ = load_images([p for p, _ in items])
+    return Split(x, torch.tensor([lab for _, lab in items], dtype=torch.int64), str(folder))
+
+
+def load_labelled(path: str | Path) -> Split:
+    """Labelled 28x28 digits for `evaluate`: an idx image file (labels beside it), a folder with an idx
+    pair (MNIST names, t10k first), or a folder of PNGs in class subfolders 0-9 or listed in labels.csv."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "does not exist", "idx files or a folder of labelled PNG images")
+    if path.is_file():
+        return _read_pair(path, _labels_for(path))
+    pair = _idx_pair(path)
+    if pair is not None:
+        return _read_pair(*pair)
+    split = _png_folder(path)
+    if split is None:
+        raise InputError(path, "holds no idx files, no class subfolders 0-9 with images and no labels.csv",
+                         "MNIST idx files or labelled PNG images")
+    return split

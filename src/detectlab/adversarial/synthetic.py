@@ -9,11 +9,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detectlab.adversarial.data import Split
 
 
-def builtin_digits(seed: int = 0, test_fraction: float = 0.25) -> tuple[Split, Split]:
-    """Return (train, test) splits of 28x28 images in [0,1] made from sklearn's digits."""
+def builtin_arrays(seed: int = 0, test_fraction: float = 0.25
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_test, y_test): 28x28 images in [0,1] (N,1,28,28) made from sklearn's digits."""
     from sklearn.datasets import load_digits
 
     from detectlab.core.splits import stratified_holdout
@@ -29,4 +29,4 @@ def builtin_digits(seed: int = 0, test_fraction: float = 0.25) -> tuple[Split, S
     x = torch.round(x * 255) / 255  # 8-bit like a real image
     y = torch.from_numpy(d.target.astype(np.int64))
     tr, te = stratified_holdout(d.target, test_fraction, seed=seed)
-    return Split(x[tr], y[tr], "sklearn-digits"), Split(x[te], y[te], "sklearn-digits")
+    return x[tr], y[tr], x[te], y[te]

@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from detectlab.adversarial.attack import pgd, predict_labels
-from detectlab.adversarial.data import Split
+from detectlab.adversarial.baseline import FeatureSqueezing
+from detectlab.adversarial.config import Config
+from detectlab.adversarial.data import Split, load_data
+from detectlab.adversarial.detector import SteganalysisDetector, to_uint8
 from detectlab.adversarial.model import MadryCNN
 from detectlab.core import progress
 from detectlab.core.checkpoints import load_into, save_checkpoint
@@ -78,7 +81,6 @@ def train_model(kind: str, train: Split, cfg: Any, device: torch.device, init: P
 
 def train_unit(kind: str, cfg_dict: dict, ckpt: str, init: str | None = None) -> dict[str, Any]:
     """A unit of work: train one model, save its checkpoint, return its clean test accuracy."""
-    from detectlab.adversarial.experiment import Config, load_data
     from detectlab.core.config import from_dict
 
     cfg = from_dict(Config, cfg_dict)
@@ -96,20 +98,64 @@ def train_unit(kind: str, cfg_dict: dict, ckpt: str, init: str | None = None) ->
             "history": {k: v for k, v in hist.items() if isinstance(v, list)}}
 
 
-def train_both(cfg: Any, run: Any) -> dict[str, Any]:
-    """Train the natural and the secret model as resumable units; returns their results."""
-    from detectlab.core.units import Unit, run_units
-    from detectlab.core.config import to_dict
+def _from_previous(cfg: Config, run: Any) -> dict[str, Any]:
+    """Reuse the checkpoints of a finished run (`models_from`): copy them in, read their training record."""
+    import hashlib
+    import json
+    import shutil
 
+    from detectlab.core.checkpoints import read_header
+    from detectlab.core.errors import InputError
+
+    src = Path(cfg.models_from).expanduser()
+    pin_src, pin_here = src / "data.json", run.dir / "data.json"
+    if pin_src.exists() and pin_here.exists():
+        a = json.loads(pin_src.read_text()).get("data", {})
+        b = json.loads(pin_here.read_text()).get("data", {})
+        if a and b and (a.get("sha256"), a.get("kind")) != (b.get("sha256"), b.get("kind")):
+            raise InputError(src, f"its models were trained on other data ({a.get('resolved')}) than this run "
+                                  f"reads ({b.get('resolved')})", "a models_from run made on the same data")
+    digests = {}
+    for m in cfg.models:
+        h = hashlib.sha256()
+        with open(src / "checkpoints" / f"{m}.safetensors", "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        digests[m] = h.hexdigest()
+    run.pin_data(src / "checkpoints", name="models_from", extra=digests)  # a resume on retrained models is refused
+    out = {}
+    for m in cfg.models:
+        s, d = src / "checkpoints" / f"{m}.safetensors", run.checkpoints / f"{m}.safetensors"
+        head = read_header(s)
+        if head.get("system") != SYSTEM:
+            raise InputError(s, f"checkpoint is for system '{head.get('system')}'", "an adversarial checkpoint")
+        if not d.exists():
+            shutil.copyfile(s, d)
+        out[m] = {"clean_accuracy": head.get("clean_test_accuracy"), "train_seconds": None,
+                  "iterations": (head.get("training") or {}).get("iterations"), "training": head.get("training"),
+                  "models_from": str(s)}
+    return out
+
+
+def train_both(cfg: Config, run: Any) -> dict[str, Any]:
+    """Train the models of `cfg.models` as resumable units (or take them from `models_from`)."""
+    from detectlab.core.config import to_dict
+    from detectlab.core.units import Unit, run_units
+
+    if cfg.models_from:
+        return _from_previous(cfg, run)
     cd = to_dict(cfg)
     nat = str(run.checkpoints / "natural.safetensors")
     sec = str(run.checkpoints / "secret.safetensors")
-    res = run_units(run, [Unit("train-natural", train_unit, dict(kind="natural", cfg_dict=cd, ckpt=nat))],
-                    description="train natural")
-    init = nat if cfg.adv_train.init_from_natural else None
-    res |= run_units(run, [Unit("train-secret", train_unit, dict(kind="secret", cfg_dict=cd, ckpt=sec, init=init))],
-                     description="train secret")
-    return {"natural": res["train-natural"], "secret": res["train-secret"]}
+    res: dict[str, Any] = {}
+    if "natural" in cfg.models or ("secret" in cfg.models and cfg.adv_train.init_from_natural):
+        res |= run_units(run, [Unit("train-natural", train_unit, dict(kind="natural", cfg_dict=cd, ckpt=nat))],
+                         description="train natural")
+    if "secret" in cfg.models:
+        init = nat if cfg.adv_train.init_from_natural else None
+        res |= run_units(run, [Unit("train-secret", train_unit, dict(kind="secret", cfg_dict=cd, ckpt=sec, init=init))],
+                         description="train secret")
+    return {m: res[f"train-{m}"] for m in cfg.models}
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> MadryCNN:
@@ -118,15 +164,41 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> MadryCNN:
     return model.to(device).eval()
 
 
-def run(cfg: Any, run: Any) -> dict[str, Any]:
-    """`detectlab adversarial train`: both models + detector threshold, ready for predict."""
-    from detectlab.adversarial.experiment import fit_detector, load_data
+def fit_detector(cfg: Config, train: Split) -> SteganalysisDetector:
+    """The steganalysis detector with the config's conventions, its threshold from benign training images."""
+    d = cfg.detector
+    det = SteganalysisDetector(c=d.constant, divisor=d.divisor, rule=d.threshold)
+    return det.fit(to_uint8(train.subset(d.threshold_images, cfg.seed).x, "round"))  # 8-bit images
 
+
+def fit_squeezers(cfg: Config, models: dict[str, MadryCNN], train: Split) -> dict[str, FeatureSqueezing | None]:
+    """Feature squeezing per model, its threshold at `squeeze.fpr` of benign training images."""
+    s = cfg.squeeze
+    fit = train.subset(s.n_fit, cfg.seed + 1)
+    out: dict[str, FeatureSqueezing | None] = {}
+    for m, model in models.items():
+        out[m] = FeatureSqueezing(model, bits=s.bits, median=tuple(s.median), batch_size=cfg.attack.batch_size
+                                  ).fit(fit.x, s.fpr) if s.enabled else None
+    return out
+
+
+def squeezer_record(fs: FeatureSqueezing | None) -> dict[str, Any] | None:
+    if fs is None:
+        return None
+    return {"threshold": fs.threshold, "fit_fpr": fs.fit_fpr, "train_fpr": fs.fit_stats["train_fpr"],
+            "bits": fs.bits, "median": list(fs.median), "n_fit": fs.fit_stats["n"]}
+
+
+def run(cfg: Config, run: Any) -> dict[str, Any]:
+    """`detectlab adversarial train`: the models + both detectors' thresholds, ready for predict and evaluate."""
     res = train_both(cfg, run)
     train, _ = load_data(cfg)
     det = fit_detector(cfg, train)
-    metrics = {"threshold": det.threshold, "threshold_images": det.n_fit,
-               "models": {k: {"clean_accuracy": v["clean_accuracy"], "train_seconds": v["train_seconds"]}
-                          for k, v in res.items()}}
+    fss = fit_squeezers(cfg, {m: load_model(run.checkpoints / f"{m}.safetensors") for m in res}, train)
+    metrics = {"threshold": det.threshold, "threshold_rule": det.rule, "thresholds": det.thresholds,
+               "threshold_images": det.n_fit, "detector_fit": det.fit_stats,
+               "detector": {"divisor": det.divisor, "constant": det.c, "quantize": cfg.detector.quantize},
+               "models": {k: {"clean_accuracy": v["clean_accuracy"], "train_seconds": v["train_seconds"],
+                              "feature_squeezing": squeezer_record(fss[k])} for k, v in res.items()}}
     run.write_metrics(metrics)
     return metrics
