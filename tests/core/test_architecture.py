@@ -26,7 +26,7 @@ KNOWN_CYCLES: dict[str, set[frozenset[str]]] = {
     "seizure": set(),
     "violence": set(),
     "fluid": set(),
-    "lesions": {frozenset({"experiment", "figures", "train"})},
+    "lesions": set(),
 }
 #: Upward imports that exist today and are being removed with the cycles (same rule: must become empty).
 KNOWN_UPWARD: dict[str, list[str]] = {s: ["train -> experiment"] for s in SYSTEMS}
@@ -34,6 +34,7 @@ KNOWN_UPWARD["adversarial"] = []
 KNOWN_UPWARD["seizure"] = []
 KNOWN_UPWARD["violence"] = []
 KNOWN_UPWARD["fluid"] = []
+KNOWN_UPWARD["lesions"] = []
 
 
 def _imports(path: Path, package: str) -> set[str]:
