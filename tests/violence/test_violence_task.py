@@ -196,3 +196,15 @@ def test_client_device_choice():
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert task.client_device({"device": "auto"}).type == want
     assert task.client_device({"device": "cuda"}).type == want
+
+
+def test_validation_choice_prefers_auc_then_loss():
+    """Fault caught: choosing the model on validation loss alone (it chose the untrained round-1 model on the real
+    clips, whose loss was lowest while its AUC was chance), or ignoring the loss when AUC ties or is undefined."""
+    chance = {"loss": 0.69, "chunk": {"auc": 0.5}}
+    sharp = {"loss": 1.2, "chunk": {"auc": 0.8}}
+    assert task.val_score(sharp) > task.val_score(chance)
+    assert task.val_score({"loss": 0.5, "chunk": {"auc": 0.8}}) > task.val_score(sharp)
+    one_class = [{"loss": 0.4, "chunk": {"auc": float("nan")}}, {"loss": 0.6, "chunk": {"auc": float("nan")}}]
+    assert task.val_score(one_class[0]) > task.val_score(one_class[1])
+    assert task.val_score(chance) > task.val_score(one_class[0])  # a defined AUC beats an undefined one

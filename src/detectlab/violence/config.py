@@ -88,7 +88,8 @@ class FLConfig:
     meta_steps: int = param(0, ge=0, doc="per round; 0 = half the batches of `epochs` epochs (2 batches a step)")
     adapt_steps: int = param(1, ge=0, doc="personalisation steps before evaluation (Per-FedAvg, FedMeta-Per)")
     select: str = param("best_val", choices=("best_val", "last"),
-                        doc="each client's reported model: lowest validation loss over rounds, or the last")
+                        doc="each client's reported model: best on its validation clips over rounds (chunk AUC, "
+                            "then loss), or the last")
     eval_test_every_round: bool = True  # test metrics per round for the learning-curve figure (never used to choose)
     eval_stride: int = param(16, ge=1, le=16, doc="evaluation chunks start every `eval_stride` frames")
     client_threads: int = param(1, ge=1)

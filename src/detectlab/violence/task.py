@@ -22,8 +22,11 @@ Recipe (every setting comes from the job's ``spec`` dict; config.py documents th
   The two finite-difference passes of ``hf`` draw **the same dropout masks** (the RNG state is restored
   between them), so their difference measures curvature, not two different masks.
 - **early stopping / model selection** (``select="best_val"``): every round the client scores its model on
-  its *validation* clips (source videos of its own training side, never a held-out one) and keeps the model
-  of its lowest validation loss in ``state``; its test scores come from that model.
+  its *validation* clips (source videos of its own training side, never a held-out one) and keeps the best
+  model in ``state``; its test scores come from that model. "Best" (:func:`val_score`): the highest chunk-level
+  ROC-AUC, ties (and validation clips of one class, where AUC is undefined) broken by the lower loss. (The
+  validation loss alone chose the untrained round-1 model on the real clips: the models become
+  over-confident, so their cross-entropy rose while their held-out accuracy rose too.)
 - **seeding**: every message gets its own seed from (seed, experiment, strategy, client, round, kind)
   (:func:`message_seed`), so dropout masks, windows, crops and flips differ from round to round and a rerun
   repeats them.
@@ -426,6 +429,13 @@ def train_round(model: nn.Module, data: ClientData, spec: dict, state: dict[str,
     return out, state
 
 
+def val_score(v: dict) -> tuple[float, float]:
+    """How good a validation result is (higher is better): (chunk AUC, or -1 when undefined; -loss)."""
+    auc = v["chunk"]["auc"]
+    loss = v["loss"]
+    return (float(auc) if math.isfinite(auc) else -1.0, -float(loss) if math.isfinite(loss) else -math.inf)
+
+
 def _best_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {f"best/{k}": v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -455,10 +465,12 @@ def evaluate_round(model: nn.Module, data: ClientData, spec: dict, state: dict[s
         v = evaluate(model, data.val, stride, crop=crop)
         out.update({"val-loss": v["loss"], "val-acc": v["accuracy"], "val-bacc": v["clip"]["balanced_accuracy"],
                     "n-val": v["n"]})
-        best = float(state["best_val_loss"]) if "best_val_loss" in state else math.inf
-        if spec.get("select", "best_val") == "best_val" and math.isfinite(v["loss"]) and v["loss"] < best:
+        score = val_score(v)
+        best = tuple(float(x) for x in state["best_val_score"]) if "best_val_score" in state else (-math.inf, -math.inf)
+        out["val-auc"] = v["chunk"]["auc"]
+        if spec.get("select", "best_val") == "best_val" and score > best:
             state.update(_best_state(model))
-            state["best_val_loss"] = torch.tensor(v["loss"])
+            state["best_val_score"] = torch.tensor(score, dtype=torch.float64)
             state["best_round"] = torch.tensor(int(rnd))
     if spec.get("eval_test_every_round", True) or final:
         t = evaluate(model, data.test, stride, crop=crop)
@@ -479,24 +491,24 @@ def evaluate_round(model: nn.Module, data: ClientData, spec: dict, state: dict[s
 def train_local(model: nn.Module, data: ClientData, spec: dict, epochs: int, rng: np.random.Generator,
                 patience: int = 0, include_start: bool = False) -> dict:
     """In-process training on one client's data (local-only baseline, fine-tuning), early-stopped on its
-    validation clips: keeps the weights of the lowest validation loss (``include_start``: the starting
-    weights are a candidate too, as for fine-tuning). Returns the history; `model` holds the chosen weights."""
+    validation clips: keeps the weights of the best :func:`val_score` (``include_start``: the starting weights are
+    a candidate too, as for fine-tuning). Returns the history; `model` holds the chosen weights."""
     aug = Augment.from_spec(spec)
     stride, crop = int(spec.get("eval_stride", CHUNK)), aug.crop
     opt = make_adam(_params(model), spec)
-    best, best_loss, best_epoch, since = None, math.inf, -1, 0
+    best, best_score, best_epoch, since = None, (-math.inf, -math.inf), -1, 0
     hist = []
     if include_start and len(data.val):
-        best_loss = evaluate(model, data.val, stride, crop=crop)["loss"]
+        best_score = val_score(evaluate(model, data.val, stride, crop=crop))
         best, best_epoch = {k: v.detach().clone() for k, v in model.state_dict().items()}, 0
     for ep in range(1, max(1, epochs) + 1):
         st = fit_epoch(model, data.train, opt, int(spec["batch"]), aug, rng)
         rec = {"epoch": ep, "train_loss": st["train_loss"]}
         if len(data.val):
             v = evaluate(model, data.val, stride, crop=crop)
-            rec["val_loss"] = v["loss"]
-            if v["loss"] < best_loss:
-                best_loss, best_epoch, since = v["loss"], ep, 0
+            rec["val_loss"], rec["val_auc"] = v["loss"], v["chunk"]["auc"]
+            if val_score(v) > best_score:
+                best_score, best_epoch, since = val_score(v), ep, 0
                 best = {k: t.detach().clone() for k, t in model.state_dict().items()}
             else:
                 since += 1
