@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detectlab.fluid import baseline as B
-from detectlab.fluid.saliency import gradcam, peak_in_mask, saliency_on
+from detectlab.fluid.saliency import gradcam, peak_in_mask, peak_points, saliency_on
 
 
 def _bscan(pocket: bool, seed: int = 0, top: int = 20) -> np.ndarray:
@@ -82,18 +82,44 @@ def test_gradcam_weights_channels_by_their_gradient():
     assert float(cam[0, 6, 8]) == 0.0  # the negative evidence is cut by the ReLU
 
 
+class Pool(torch.nn.Module):
+    """A 4x coarser feature map (average pooling), as a CNN's last layer: saliency per 4x4 cell."""
+
+    def forward_all(self, x):
+        f = torch.nn.functional.avg_pool2d(x * 1.0, 4)
+        m = f[:, 0].mean((1, 2))
+        return {"features": f, "logits": torch.stack([-m, m], 1), "aux": [], "seg": None}
+
+
+def test_peak_is_the_centre_of_the_largest_cell():
+    """Catches the bias found on Duke: the first maximum of the upsampled map lies on the image border (the
+    map is flat there), so every peak fell on row 0 and none in the fluid; the peak is the largest cell's
+    centre, and the coarse map keeps the feature map's resolution."""
+    x = torch.zeros(2, 1, 12, 16)
+    x[0, 0, 5, 9] = 1.0  # cell (1, 2) of the 3 x 4 map
+    x[1, 0, 0, 0] = 1.0  # cell (0, 0)
+    coarse = gradcam(Pool(), x, coarse=True)
+    assert coarse.shape == (2, 3, 4) and float(coarse[0, 1, 2]) == 1.0
+    assert peak_points(coarse, (12, 16)).tolist() == [[6, 10], [2, 2]]
+    up = gradcam(Pool(), x)
+    assert up.shape == (2, 12, 16)
+    assert tuple(np.unravel_index(int(up[1].argmax()), (12, 16))) == (0, 0)  # the border bias, upsampled
+
+
 def test_peak_in_mask_hits_chance_and_empty_maps():
-    """Catches: a hit counted off the peak, a chance level that is not the fluid share, and an all-zero map
-    (no peak) counted as a hit."""
-    cam = torch.zeros(3, 4, 5)
-    cam[0, 1, 2] = 1.0
-    cam[1, 3, 4] = 1.0
-    mask = torch.zeros(3, 1, 4, 5)
-    mask[:, 0, 1, 1:3] = 1.0  # two of 20 pixels
-    hit, chance, peak = peak_in_mask(cam, mask)
-    assert hit.tolist() == [True, False, False]
-    assert chance.tolist() == pytest.approx([0.1, 0.1, 0.1])
-    assert peak[:2].tolist() == [[1, 2], [3, 4]]
+    """Catches: a hit counted off the peak, chance levels that are not the fluid shares (pixels, cells), and
+    an all-zero map (no peak) counted as a hit."""
+    cam = torch.zeros(3, 2, 2)  # 2 x 2 cells over a 4 x 6 input: cells of 2 x 3 pixels
+    cam[0, 0, 1] = 1.0  # peak cell (0, 1): centre pixel (1, 4)
+    cam[1, 1, 0] = 1.0  # peak cell (1, 0): centre pixel (3, 1)
+    mask = torch.zeros(3, 1, 4, 6)
+    mask[:, 0, 1, 4] = 1.0  # fluid on the centre of cell (0, 1)
+    mask[:, 0, 2, 2] = 1.0  # and inside cell (1, 0), off its centre
+    r = peak_in_mask(cam, mask)
+    assert r["hit"].tolist() == [True, False, False]
+    assert r["cell_hit"].tolist() == [True, True, False]
+    assert r["chance"].tolist() == pytest.approx([2 / 24] * 3) and r["cell_chance"].tolist() == pytest.approx([0.5] * 3)
+    assert r["peak"][:2].tolist() == [[1, 4], [3, 1]]
 
 
 class Cam1(torch.nn.Module):
@@ -110,8 +136,8 @@ class Cam1(torch.nn.Module):
 
 
 def test_saliency_on_counts_the_fluid_bscans_in_view():
-    """Catches: B-scans without fluid in view counted, hits that are not at the peak, a chance level that is
-    not the mean fluid share, batches that drop B-scans, and a model left in eval mode afterwards."""
+    """Catches: B-scans without fluid in view counted, hits that are not at the peak, chance levels that are
+    not the mean fluid shares, batches that drop B-scans, and a model left in eval mode afterwards."""
     from detectlab.fluid.data import Prepared
 
     x = torch.zeros(5, 1, 6, 8, dtype=torch.uint8)
@@ -123,7 +149,7 @@ def test_saliency_on_counts_the_fluid_bscans_in_view():
     model = Cam1()
     out = saliency_on(model, Prepared(x, torch.tensor([1, 1, 1, 1, 0]), m), torch.device("cpu"), batch=3)
     assert out["n"] == 4 and out["index"] == [0, 1, 2, 3] and out["hit"] == [1, 1, 0, 0]
-    assert out["hits"] == 2 and out["share"] == 0.5
-    assert out["chance"] == pytest.approx((1 + 2 + 1 + 1) / 4 / 48)
+    assert out["hits"] == 2 and out["share"] == 0.5 and out["cell_hits"] == 2  # cells are pixels here
+    assert out["chance"] == pytest.approx((1 + 2 + 1 + 1) / 4 / 48) and out["cell_chance"] == out["chance"]
     assert model.training  # restored
     assert saliency_on(model, Prepared(x, torch.zeros(5, dtype=torch.long)), torch.device("cpu")) == {"n": 0}
