@@ -153,3 +153,59 @@ def test_saliency_on_counts_the_fluid_bscans_in_view():
     assert out["chance"] == pytest.approx((1 + 2 + 1 + 1) / 4 / 48) and out["cell_chance"] == out["chance"]
     assert model.training  # restored
     assert saliency_on(model, Prepared(x, torch.zeros(5, dtype=torch.long)), torch.device("cpu")) == {"n": 0}
+
+
+def test_otsu_threshold_maximises_the_between_class_variance():
+    """Catches: a wrong histogram (bins, range), a wrong between-class variance or an off-by-one edge in the
+    Otsu threshold that draws the retina region: checked against a brute-force search over the same edges."""
+    v = np.concatenate([np.full(50, 0.1), np.full(30, 0.5), np.full(20, 0.9)])
+    edges = np.linspace(0, 1, 65)
+    best, arg = -1.0, 0
+    for i, t in enumerate(edges[1:-1], start=1):
+        lo, hi = v[v < t], v[v >= t]
+        if lo.size and hi.size:
+            bv = lo.size * hi.size / v.size ** 2 * (lo.mean() - hi.mean()) ** 2
+            if bv > best + 1e-12:
+                best, arg = bv, i
+    assert B._otsu(v) == pytest.approx(edges[arg])
+    assert B._otsu(np.concatenate([np.full(100, 0.2), np.full(100, 0.8)])) == pytest.approx(13 / 64)
+
+
+def test_features_of_a_prepared_set_in_batches():
+    """Catches: features computed on the wrong scale (uint8 instead of [0, 1]), rows dropped or repeated
+    across batches."""
+    from detectlab.fluid.data import Prepared
+
+    imgs = [_bscan(i % 2 == 1, seed=i) for i in range(5)]
+    x = torch.from_numpy(np.stack([np.round(im * 255) for im in imgs]).astype(np.uint8))[:, None]
+    f = B.features_of(Prepared(x, torch.arange(5) % 2), batch=2)
+    want = np.stack([B.pocket_features(np.round(im * 255) / 255) for im in imgs])
+    assert f.shape == (5, len(B.FEATURES)) and np.allclose(f, want, atol=1e-5)
+
+
+class CamSeg(Cam1):
+    """Cam1 with a mask head whose fluid map is bright where the input is dark (the opposite of Grad-CAM)."""
+
+    seg = True
+
+    def forward_all(self, x):
+        out = super().forward_all(x)
+        out["seg"] = (1.0 - out["features"])
+        return out
+
+
+def test_saliency_on_reports_where_the_mask_head_puts_the_fluid():
+    """Catches: the mask head's localisation not reported, or computed from the Grad-CAM map instead."""
+    from detectlab.fluid.data import Prepared
+
+    x = torch.full((2, 1, 4, 4), 200, dtype=torch.uint8)
+    x[:, 0, 0, 0] = 255  # Grad-CAM peak at (0, 0)
+    x[:, 0, 3, 3] = 0  # mask-head peak at (3, 3)
+    m = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    m[0, 0, 3, 3] = 255
+    m[1, 0, 0, 0] = 255
+    out = saliency_on(CamSeg(), Prepared(x, torch.tensor([1, 1]), m), torch.device("cpu"))
+    assert out["hit"] == [0, 1] and out["seg_hits"] == 1 and out["seg_cell_hits"] == 1
+    x[1, 0, 3, 3] = 200  # the second map's mask-head peak moves off (3, 3): still misses the fluid at (0, 0)
+    out = saliency_on(CamSeg(), Prepared(x, torch.tensor([1, 1]), m), torch.device("cpu"))
+    assert out["seg_hits"] == 1
