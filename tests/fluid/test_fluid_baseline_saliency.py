@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detectlab.fluid import baseline as B
-from detectlab.fluid.saliency import gradcam, peak_in_mask, saliency_on
+from detectlab.fluid.saliency import gradcam, peak_in_mask, peak_points, saliency_on
 
 
 def _bscan(pocket: bool, seed: int = 0, top: int = 20) -> np.ndarray:
@@ -82,18 +82,44 @@ def test_gradcam_weights_channels_by_their_gradient():
     assert float(cam[0, 6, 8]) == 0.0  # the negative evidence is cut by the ReLU
 
 
+class Pool(torch.nn.Module):
+    """A 4x coarser feature map (average pooling), as a CNN's last layer: saliency per 4x4 cell."""
+
+    def forward_all(self, x):
+        f = torch.nn.functional.avg_pool2d(x * 1.0, 4)
+        m = f[:, 0].mean((1, 2))
+        return {"features": f, "logits": torch.stack([-m, m], 1), "aux": [], "seg": None}
+
+
+def test_peak_is_the_centre_of_the_largest_cell():
+    """Catches the bias found on Duke: the first maximum of the upsampled map lies on the image border (the
+    map is flat there), so every peak fell on row 0 and none in the fluid; the peak is the largest cell's
+    centre, and the coarse map keeps the feature map's resolution."""
+    x = torch.zeros(2, 1, 12, 16)
+    x[0, 0, 5, 9] = 1.0  # cell (1, 2) of the 3 x 4 map
+    x[1, 0, 0, 0] = 1.0  # cell (0, 0)
+    coarse = gradcam(Pool(), x, coarse=True)
+    assert coarse.shape == (2, 3, 4) and float(coarse[0, 1, 2]) == 1.0
+    assert peak_points(coarse, (12, 16)).tolist() == [[6, 10], [2, 2]]
+    up = gradcam(Pool(), x)
+    assert up.shape == (2, 12, 16)
+    assert tuple(np.unravel_index(int(up[1].argmax()), (12, 16))) == (0, 0)  # the border bias, upsampled
+
+
 def test_peak_in_mask_hits_chance_and_empty_maps():
-    """Catches: a hit counted off the peak, a chance level that is not the fluid share, and an all-zero map
-    (no peak) counted as a hit."""
-    cam = torch.zeros(3, 4, 5)
-    cam[0, 1, 2] = 1.0
-    cam[1, 3, 4] = 1.0
-    mask = torch.zeros(3, 1, 4, 5)
-    mask[:, 0, 1, 1:3] = 1.0  # two of 20 pixels
-    hit, chance, peak = peak_in_mask(cam, mask)
-    assert hit.tolist() == [True, False, False]
-    assert chance.tolist() == pytest.approx([0.1, 0.1, 0.1])
-    assert peak[:2].tolist() == [[1, 2], [3, 4]]
+    """Catches: a hit counted off the peak, chance levels that are not the fluid shares (pixels, cells), and
+    an all-zero map (no peak) counted as a hit."""
+    cam = torch.zeros(3, 2, 2)  # 2 x 2 cells over a 4 x 6 input: cells of 2 x 3 pixels
+    cam[0, 0, 1] = 1.0  # peak cell (0, 1): centre pixel (1, 4)
+    cam[1, 1, 0] = 1.0  # peak cell (1, 0): centre pixel (3, 1)
+    mask = torch.zeros(3, 1, 4, 6)
+    mask[:, 0, 1, 4] = 1.0  # fluid on the centre of cell (0, 1)
+    mask[:, 0, 2, 2] = 1.0  # and inside cell (1, 0), off its centre
+    r = peak_in_mask(cam, mask)
+    assert r["hit"].tolist() == [True, False, False]
+    assert r["cell_hit"].tolist() == [True, True, False]
+    assert r["chance"].tolist() == pytest.approx([2 / 24] * 3) and r["cell_chance"].tolist() == pytest.approx([0.5] * 3)
+    assert r["peak"][:2].tolist() == [[1, 4], [3, 1]]
 
 
 class Cam1(torch.nn.Module):
@@ -110,8 +136,8 @@ class Cam1(torch.nn.Module):
 
 
 def test_saliency_on_counts_the_fluid_bscans_in_view():
-    """Catches: B-scans without fluid in view counted, hits that are not at the peak, a chance level that is
-    not the mean fluid share, batches that drop B-scans, and a model left in eval mode afterwards."""
+    """Catches: B-scans without fluid in view counted, hits that are not at the peak, chance levels that are
+    not the mean fluid shares, batches that drop B-scans, and a model left in eval mode afterwards."""
     from detectlab.fluid.data import Prepared
 
     x = torch.zeros(5, 1, 6, 8, dtype=torch.uint8)
@@ -123,7 +149,63 @@ def test_saliency_on_counts_the_fluid_bscans_in_view():
     model = Cam1()
     out = saliency_on(model, Prepared(x, torch.tensor([1, 1, 1, 1, 0]), m), torch.device("cpu"), batch=3)
     assert out["n"] == 4 and out["index"] == [0, 1, 2, 3] and out["hit"] == [1, 1, 0, 0]
-    assert out["hits"] == 2 and out["share"] == 0.5
-    assert out["chance"] == pytest.approx((1 + 2 + 1 + 1) / 4 / 48)
+    assert out["hits"] == 2 and out["share"] == 0.5 and out["cell_hits"] == 2  # cells are pixels here
+    assert out["chance"] == pytest.approx((1 + 2 + 1 + 1) / 4 / 48) and out["cell_chance"] == out["chance"]
     assert model.training  # restored
     assert saliency_on(model, Prepared(x, torch.zeros(5, dtype=torch.long)), torch.device("cpu")) == {"n": 0}
+
+
+def test_otsu_threshold_maximises_the_between_class_variance():
+    """Catches: a wrong histogram (bins, range), a wrong between-class variance or an off-by-one edge in the
+    Otsu threshold that draws the retina region: checked against a brute-force search over the same edges."""
+    v = np.concatenate([np.full(50, 0.1), np.full(30, 0.5), np.full(20, 0.9)])
+    edges = np.linspace(0, 1, 65)
+    best, arg = -1.0, 0
+    for i, t in enumerate(edges[1:-1], start=1):
+        lo, hi = v[v < t], v[v >= t]
+        if lo.size and hi.size:
+            bv = lo.size * hi.size / v.size ** 2 * (lo.mean() - hi.mean()) ** 2
+            if bv > best + 1e-12:
+                best, arg = bv, i
+    assert B._otsu(v) == pytest.approx(edges[arg])
+    assert B._otsu(np.concatenate([np.full(100, 0.2), np.full(100, 0.8)])) == pytest.approx(13 / 64)
+
+
+def test_features_of_a_prepared_set_in_batches():
+    """Catches: features computed on the wrong scale (uint8 instead of [0, 1]), rows dropped or repeated
+    across batches."""
+    from detectlab.fluid.data import Prepared
+
+    imgs = [_bscan(i % 2 == 1, seed=i) for i in range(5)]
+    x = torch.from_numpy(np.stack([np.round(im * 255) for im in imgs]).astype(np.uint8))[:, None]
+    f = B.features_of(Prepared(x, torch.arange(5) % 2), batch=2)
+    want = np.stack([B.pocket_features(np.round(im * 255) / 255) for im in imgs])
+    assert f.shape == (5, len(B.FEATURES)) and np.allclose(f, want, atol=1e-5)
+
+
+class CamSeg(Cam1):
+    """Cam1 with a mask head whose fluid map is bright where the input is dark (the opposite of Grad-CAM)."""
+
+    seg = True
+
+    def forward_all(self, x):
+        out = super().forward_all(x)
+        out["seg"] = (1.0 - out["features"])
+        return out
+
+
+def test_saliency_on_reports_where_the_mask_head_puts_the_fluid():
+    """Catches: the mask head's localisation not reported, or computed from the Grad-CAM map instead."""
+    from detectlab.fluid.data import Prepared
+
+    x = torch.full((2, 1, 4, 4), 200, dtype=torch.uint8)
+    x[:, 0, 0, 0] = 255  # Grad-CAM peak at (0, 0)
+    x[:, 0, 3, 3] = 0  # mask-head peak at (3, 3)
+    m = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    m[0, 0, 3, 3] = 255
+    m[1, 0, 0, 0] = 255
+    out = saliency_on(CamSeg(), Prepared(x, torch.tensor([1, 1]), m), torch.device("cpu"))
+    assert out["hit"] == [0, 1] and out["seg_hits"] == 1 and out["seg_cell_hits"] == 1
+    x[1, 0, 3, 3] = 200  # the second map's mask-head peak moves off (3, 3): still misses the fluid at (0, 0)
+    out = saliency_on(CamSeg(), Prepared(x, torch.tensor([1, 1]), m), torch.device("cpu"))
+    assert out["seg_hits"] == 1

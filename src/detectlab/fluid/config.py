@@ -92,7 +92,8 @@ class Config(BaseConfig):
     variants: list[str] = param([], choices=VARIANTS)  # extra grids: "augment", "denoise", "mask"
     saliency: bool = True  # Grad-CAM peak inside the fluid mask on the test B-scans (when masks are known)
     max_images: int = param(0, ge=0)  # > 0: a stratified subset (quick looks)
-    save_checkpoints: bool = True  # fold 0 of every design x arch x batch
+    save_checkpoints: bool = True  # fold 0 of every variant x design x arch x batch (predict, evaluate)
+    checkpoint_all_folds: bool = False  # also every other fold (<name>-fold=<k>.safetensors)
     train: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

@@ -130,7 +130,10 @@ def run(model_run: Path, data: Path, out: Path, args: argparse.Namespace) -> int
                              "above the best baseline's.")
         sal_rows = [{"checkpoint": k, "fluid_bscans": e["saliency"]["n"], "peak_in_mask": e["saliency"].get("hits", 0),
                      "share": round(e["saliency"].get("share", float("nan")), 3),
-                     "chance": round(e["saliency"].get("chance", float("nan")), 3)}
+                     "chance": round(e["saliency"].get("chance", float("nan")), 3),
+                     "peak_cell_has_fluid": e["saliency"].get("cell_hits", 0),
+                     "cell_share": round(e["saliency"].get("cell_share", float("nan")), 3),
+                     "cell_chance": round(e["saliency"].get("cell_chance", float("nan")), 3)}
                     for k, e in entries.items() if e.get("saliency", {}).get("n", 0) > 0]
         if sal_rows:
             run.write_table("saliency_in_mask", sal_rows, title="Grad-CAM peak inside the fluid mask")

@@ -244,7 +244,9 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
                 for b in plan[arch]:
                     for f in range(k):
                         name = f"{variant + '-' if variant else ''}{design}-{arch}-bs={b}"
-                        ck = str(run.checkpoints / f"{name}.safetensors") if cfg.save_checkpoints and f == 0 else ""
+                        ck = ""
+                        if cfg.save_checkpoints and (f == 0 or cfg.checkpoint_all_folds):
+                            ck = str(run.checkpoints / (f"{name}.safetensors" if f == 0 else f"{name}-fold={f}.safetensors"))
                         units.append(Unit(f"{name}-fold={f}", fold_unit,
                                           dict(variant=variant, design=design, arch=arch, batch=b, fold=f,
                                                cfg_dict=cd, data=str(path), ckpt=ck)))
@@ -361,6 +363,13 @@ def summarise(cfg: Config, res: dict[str, dict], k: int, n_images: int) -> dict[
             n = sum(s["n"] for s in sal)
             e["saliency"] = {"n": n, "hits": sum(s["hits"] for s in sal), "share": sum(s["hits"] for s in sal) / n,
                              "chance": float(sum(s["chance"] * s["n"] for s in sal) / n)}
+            if all("seg_hits" in s for s in sal):
+                e["saliency"].update({"seg_hits": sum(s["seg_hits"] for s in sal),
+                                      "seg_cell_hits": sum(s["seg_cell_hits"] for s in sal)})
+            if all("cell_hits" in s for s in sal):
+                e["saliency"].update({"cell_hits": sum(s["cell_hits"] for s in sal),
+                                      "cell_share": sum(s["cell_hits"] for s in sal) / n,
+                                      "cell_chance": float(sum(s["cell_chance"] * s["n"] for s in sal) / n)})
             out["saliency"].setdefault(variant or "plain", {}).setdefault(design, {})[f"{arch}-bs={batch}"] = e["saliency"]
         tgt["designs"].setdefault(design, {}).setdefault(arch, {})[str(batch)] = e
     mark_baselines(out)
@@ -457,8 +466,15 @@ def tables(run: Run, cfg: Config, metrics: dict) -> None:
             for cell, s in cells.items():
                 sal_rows.append({"variant": variant, "design": design, "architecture": cell, "fluid_bscans": s["n"],
                                  "peak_in_mask": s["hits"], "share": round(s["share"], 3),
-                                 "chance": round(s["chance"], 3)})
+                                 "chance": round(s["chance"], 3), "peak_cell_has_fluid": s.get("cell_hits", ""),
+                                 "cell_share": round(s["cell_share"], 3) if "cell_share" in s else "",
+                                 "cell_chance": round(s["cell_chance"], 3) if "cell_chance" in s else "",
+                                 "mask_head_peak_in_mask": s.get("seg_hits", ""),
+                                 "mask_head_peak_cell_has_fluid": s.get("seg_cell_hits", "")})
     if sal_rows:
         run.write_table("saliency_in_mask", sal_rows, title="Grad-CAM peak inside the fluid mask (held-out fluid "
-                        "B-scans)", note="share: fluid B-scans whose saliency peak lies on a fluid pixel of the input; "
-                        "chance: the share of the input covered by fluid (where a random peak would land).")
+                        "B-scans)", note="Grad-CAM on the last feature map; its peak is the largest cell, at that cell's centre. share: "
+                        "fluid B-scans whose peak lies on a fluid pixel of the input (chance: the share of the input "
+                        "covered by fluid, where a random peak would land); cell_share: fluid B-scans whose peak cell "
+                        "holds any fluid (cell_chance: the share of cells holding fluid). mask_head_*: the same for the "
+                        "peak of the mask head's fluid map (mask-supervised variant).")

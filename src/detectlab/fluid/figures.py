@@ -76,10 +76,18 @@ def saliency_figure(run: Any, saliency: dict) -> None:
         return
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(rows) + 1.2))
     y = np.arange(len(rows))
-    ax.barh(y, [s["share"] for _, s in rows], color="tab:blue", label="saliency peak inside the fluid mask")
-    ax.scatter([s["chance"] for _, s in rows], y, color="black", marker="|", s=200, label="chance (fluid share of input)")
+    ax.barh(y - 0.2, [s["share"] for _, s in rows], height=0.4, color="tab:blue", label="peak on a fluid pixel")
+    ax.barh(y + 0.2, [s.get("cell_share", 0) for _, s in rows], height=0.4, color="tab:orange",
+            label="peak cell holds fluid")
+    ax.scatter([s.get("cell_chance", 0) for _, s in rows], y + 0.2, color="grey", marker="|", s=120,
+               label="chance (share of cells with fluid)")
+    ax.scatter([s["chance"] for _, s in rows], y - 0.2, color="black", marker="|", s=120,
+               label="chance (fluid share of input)")
     for i, (_, s) in enumerate(rows):
-        ax.annotate(f"{s['hits']}/{s['n']}", (s["share"], i), xytext=(3, -3), textcoords="offset points", fontsize=7)
+        ax.annotate(f"{s['hits']}/{s['n']}", (s["share"], i - 0.2), xytext=(3, -3), textcoords="offset points", fontsize=7)
+        if "cell_hits" in s:
+            ax.annotate(f"{s['cell_hits']}/{s['n']}", (s["cell_share"], i + 0.2), xytext=(3, -3),
+                        textcoords="offset points", fontsize=7)
     ax.set_yticks(y, [n for n, _ in rows], fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of held-out fluid B-scans")
@@ -117,7 +125,7 @@ def all_figures(run: Any, metrics: dict, curves: dict | None = None) -> None:
     saliency_figure(run, metrics.get("saliency", {}))
 
 
-def overlay_png(path: Any, image: np.ndarray, cam: np.ndarray, title: str = "") -> None:
+def overlay_png(path: Any, image: np.ndarray, cam: np.ndarray, title: str = "", peak: Any = None) -> None:
     """A small PNG: the input B-scan in grey with the saliency in colour on top, its peak marked."""
     import matplotlib
 
@@ -128,7 +136,7 @@ def overlay_png(path: Any, image: np.ndarray, cam: np.ndarray, title: str = "") 
     fig, ax = plt.subplots(figsize=(max(2.5, 5 * w / max(h, w)), max(2.0, 5 * h / max(h, w)) + 0.3))
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
     ax.imshow(cam, cmap="jet", alpha=0.35, vmin=0, vmax=1)
-    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    r, c = peak if peak is not None else np.unravel_index(int(np.argmax(cam)), cam.shape)
     ax.plot([c], [r], "w+", markersize=12, markeredgewidth=2)
     ax.set_axis_off()
     if title:

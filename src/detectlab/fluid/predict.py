@@ -110,7 +110,7 @@ def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Na
     from detectlab.core.runtime import choose_device
     from detectlab.fluid.data import Prep, crop_box, preprocess, remove_wedge
     from detectlab.fluid.figures import overlay_png
-    from detectlab.fluid.saliency import gradcam
+    from detectlab.fluid.saliency import gradcam, peak_points
     from detectlab.fluid.train import load_model
 
     folder, _ = open_run(model_run)
@@ -133,18 +133,19 @@ def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Na
         with torch.no_grad():
             prob = torch.softmax(model(x), 1)[:, 1].cpu().numpy()
         cams = gradcam(model, x).cpu().numpy() if sal_dir is not None else None
+        peaks = peak_points(gradcam(model, x, coarse=True), prep.size).cpu().numpy() if sal_dir is not None else None
         for j, (xi, name, vol, sl, box) in enumerate(batch):
             p = float(prob[j])
             lab = "fluid" if p >= thr else "no_fluid"
             print(f"{name:<56} {p:>8.4f} {lab:>9}")
             r = {"bscan": name, "volume": vol, "slice": sl, "p_fluid": p, "label": lab}
             if cams is not None:
-                rc = np.unravel_index(int(np.argmax(cams[j])), cams[j].shape)
-                r["saliency_peak_input"] = [int(rc[0]), int(rc[1])]
+                rc = (int(peaks[j][0]), int(peaks[j][1]))
+                r["saliency_peak_input"] = [rc[0], rc[1]]
                 r["saliency_peak_native"] = _native(box, prep.size, rc)
                 png = sal_dir / (f"{len(rows):05d}_" + "".join(c if c.isalnum() or c in "._-" else "_"
                                                                  for c in Path(name).name)[:80] + ".png")
-                overlay_png(png, xi / 255.0, cams[j], f"{Path(name).name}: p(fluid) {p:.2f}")
+                overlay_png(png, xi / 255.0, cams[j], f"{Path(name).name}: p(fluid) {p:.2f}", rc)
                 r["saliency_png"] = str(png)
             rows.append(r)
 
