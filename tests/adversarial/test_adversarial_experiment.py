@@ -126,6 +126,25 @@ def test_models_from_reuses_checkpoints_without_training(tiny_run, tmp_path):
     assert "models_from" in json.loads((out / "data.json").read_text())
 
 
+def test_resume_on_other_data_exits_2(tiny_run, tmp_path, capsys):
+    """Issue 11 §3: the tiny run was made on the built-in digits; resuming it on an MNIST-format folder
+    must stop before anything is read back or trained (fault: checkpoints of one data set relabelled
+    with another's metrics)."""
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("t10k", 10)):
+        _write_idx(mnist / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), 2051)
+        _write_idx(mnist / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10, 2049)
+    before = (tiny_run / "metrics.json").read_bytes()
+    args = [a if a != "builtin" else str(mnist) for a in TINY]
+    capsys.readouterr()
+    assert main(["adversarial", "run", "--preset", "smoke", "--out", str(tiny_run), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data" in err[0] and "cannot be resumed" in err[0]
+    assert (tiny_run / "metrics.json").read_bytes() == before
+
+
 @pytest.mark.parametrize("override,key", [("attack.steps=-1", "attack.steps"), ("attack.batch_size=0", "attack.batch_size"),
                                           ('models=["foo"]', "models"), ("models=[]", "models"),
                                           ("detector.divisor=5", "detector.divisor"),
