@@ -7,7 +7,7 @@ import torch
 from detectlab.lesions.config import Config, ModelConfig, SegTrainConfig
 
 
-def _lesion_slices(n=8, size=64, seed=5, native=128):
+def _lesion_slices(n=8, size=64, seed=5, native=128, patients=12):
     """n built-in slices with lesion instances, made at `native` px (the 100-px rule applies there) and
     resized to `size`."""
     import tempfile
@@ -16,7 +16,7 @@ def _lesion_slices(n=8, size=64, seed=5, native=128):
     from detectlab.lesions.synthetic import generate
 
     with tempfile.TemporaryDirectory() as d:
-        sl = load_classification_folder(generate(d, 12, 1, native, seed=seed))
+        sl = load_classification_folder(generate(d, patients, 1, native, seed=seed))
     return [resize_slice(s, size) for s in sl if s.mask.any()][:n]
 
 
@@ -34,12 +34,12 @@ def test_overfits_eight_slices():
     no box matches, a learning rate schedule that never starts, and an evaluator that cannot reach 1."""
     from detectlab.lesions.train import evaluate_segmentation, model_config, train_segmentation
 
-    sl = _lesion_slices()
-    assert len(sl) == 8
+    sl = _lesion_slices(8, 128, patients=16)
+    assert len(sl) == 8 and all(int(s.instances.max()) for s in sl)
     cfg = Config()
-    cfg.model = _mc()
+    cfg.model = _mc(128)
     mc, _ = model_config(cfg, "resnet18_t2", sl)
-    tc = SegTrainConfig(iterations=120, batch_size=2, lr=2e-3, weight_decay=0, warmup=10, log_every=40,
+    tc = SegTrainConfig(iterations=220, batch_size=2, lr=1e-3, weight_decay=0, warmup=10, log_every=55,
                         checkpoint_every=0)
     model, _ = train_segmentation(mc, sl, tc, torch.device("cpu"), seed=0)
     ev, _ = evaluate_segmentation(model, sl, torch.device("cpu"))
