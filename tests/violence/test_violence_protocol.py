@@ -14,7 +14,8 @@ def test_prepare_combined4_pools_two_builtin_datasets(tmp_path):
     from detectlab.violence.config import Config
 
     cfg = load_config(Config, "violence", "smoke", ["data=builtin", "data_opts.size=16", "aug.crop=0",
-                                                    "data_opts.syn_size=32", "data_opts.syn_sources_per_site=3"])
+                                                    "data_opts.syn_size=32", "data_opts.syn_sources_per_site=3",
+                                                    "data_opts.syn_clips_per_source=4"])
     with Run(tmp_path / "run", cfg, "violence") as run:
         job = train.prepare(cfg, run, "combined4", seed=0)
     clients = job["clients"]
