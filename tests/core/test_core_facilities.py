@@ -131,6 +131,18 @@ def test_resume_on_other_data_is_refused(tmp_path):
     assert rec["resolved"] == str(d1.resolve()) and rec["files"] == 2
 
 
+def test_run_folder_is_absolute_whatever_the_working_directory(tmp_path, monkeypatch):
+    """Fault caught: a relative --out kept relative, so a unit that runs in another working directory
+    (Flower's simulation engine, a Ray worker) looks for the run's files beside the wrong folder (the
+    violence real run died with 'runs/violence-real/data/partition-*.npz: No such file')."""
+    monkeypatch.chdir(tmp_path)
+    run = Run("rel/run", Cfg(), "t")
+    monkeypatch.chdir(tmp_path.parent)
+    assert run.dir == tmp_path / "rel" / "run"
+    assert (run.dir / "config.toml").is_file()
+    run.close()
+
+
 def test_resume_may_add_units_but_not_change_settings(tmp_path):
     """Fault caught: a resume that adds seeds or models refused (all finished work must be redone), or
     one that changes a real setting accepted (results of two configs mixed)."""

@@ -130,7 +130,7 @@ class Run:
 
     def __init__(self, out: str | Path, config: Any, system: str = "", resume: bool = True,
                  data: Any = UNPINNED):
-        self.dir = Path(out)
+        self.dir = Path(out).absolute()  # units may run in another working directory (Flower, Ray)
         self.system = system
         self.config = config
         cfg_dict = config if isinstance(config, dict) else cfgmod.to_dict(config)
