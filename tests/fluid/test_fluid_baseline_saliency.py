@@ -209,3 +209,33 @@ def test_saliency_on_reports_where_the_mask_head_puts_the_fluid():
     x[1, 0, 3, 3] = 200  # the second map's mask-head peak moves off (3, 3): still misses the fluid at (0, 0)
     out = saliency_on(CamSeg(), Prepared(x, torch.tensor([1, 1]), m), torch.device("cpu"))
     assert out["seg_hits"] == 1
+
+
+def test_saliency_figure_draws_no_cell_result_where_none_was_measured():
+    """Catches: a saliency figure that draws a missing cell-level share and its chance marker at 0 (the
+    cpu-real resnet18 run, whose older units have no cell-level results, showed a 'chance' tick at 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from detectlab.fluid.figures import saliency_figure
+
+    class Capture:
+        fig = None
+
+        def save_figure(self, fig, name):
+            self.fig = fig
+
+    sal = {"plain": {"train90": {"a": {"n": 10, "hits": 1, "share": 0.1, "chance": 0.05}}},
+           "mask": {"train90": {"b": {"n": 10, "hits": 2, "share": 0.2, "chance": 0.05, "cell_hits": 4,
+                                      "cell_share": 0.4, "cell_chance": 0.3}}}}
+    run = Capture()
+    saliency_figure(run, sal)
+    ax = run.fig.axes[0]
+    cell_ticks = [c for c in ax.collections if c.get_label().startswith("chance (share of cells")][0]
+    xs = np.ma.filled(np.ma.asarray(cell_ticks.get_offsets(), dtype=float)[:, 0], np.nan)
+    assert np.isnan(xs[0]) and xs[1] == pytest.approx(0.3)  # row "a" has no cell result: no tick at all
+    widths = [p.get_width() for p in ax.patches]
+    assert widths[:2] == pytest.approx([0.1, 0.2]) and np.isnan(widths[2]) and widths[3] == pytest.approx(0.4)
+    import matplotlib.pyplot as plt
+
+    plt.close(run.fig)

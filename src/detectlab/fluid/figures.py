@@ -77,19 +77,25 @@ def saliency_figure(run: Any, saliency: dict) -> None:
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(rows) + 1.2))
     y = np.arange(len(rows))
     ax.barh(y - 0.2, [s["share"] for _, s in rows], height=0.4, color="tab:blue", label="peak on a fluid pixel")
-    ax.barh(y + 0.2, [s.get("cell_share", 0) for _, s in rows], height=0.4, color="tab:orange",
+    # rows without cell-level results (units scored before they existed) draw no cell bar or marker, not 0
+    nan = float("nan")
+    ax.barh(y + 0.2, [s.get("cell_share", nan) for _, s in rows], height=0.4, color="tab:orange",
             label="peak cell holds fluid")
-    ax.scatter([s.get("cell_chance", 0) for _, s in rows], y + 0.2, color="grey", marker="|", s=120,
+    ax.scatter([s.get("cell_chance", nan) for _, s in rows], y + 0.2, color="grey", marker="|", s=120,
                label="chance (share of cells with fluid)")
     ax.scatter([s["chance"] for _, s in rows], y - 0.2, color="black", marker="|", s=120,
                label="chance (fluid share of input)")
     for i, (_, s) in enumerate(rows):
-        ax.annotate(f"{s['hits']}/{s['n']}", (s["share"], i - 0.2), xytext=(3, -3), textcoords="offset points", fontsize=7)
+        ax.annotate(f"{s['hits']}/{s['n']}", (max(s["share"], s["chance"]), i - 0.2), xytext=(4, -3), textcoords="offset points", fontsize=7)
         if "cell_hits" in s:
-            ax.annotate(f"{s['cell_hits']}/{s['n']}", (s["cell_share"], i + 0.2), xytext=(3, -3),
+            ax.annotate(f"{s['cell_hits']}/{s['n']}", (max(s["cell_share"], s["cell_chance"]), i + 0.2), xytext=(4, -3),
                         textcoords="offset points", fontsize=7)
+        else:
+            ax.annotate("no cell-level result", (0, i + 0.2), xytext=(3, -3), textcoords="offset points",
+                        fontsize=7, color="grey")
     ax.set_yticks(y, [n for n, _ in rows], fontsize=7)
     ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(rows) - 0.4)  # both bars of every row in view, even where one is missing
     ax.set_xlabel("share of held-out fluid B-scans")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Grad-CAM peak inside the fluid mask", fontsize=9)
