@@ -2,6 +2,7 @@
 subject-disjoint splits, resume, `fluid train`, predict on folders/volumes with saliency, bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +127,8 @@ def test_predict_folder_volume_and_png_with_saliency(tiny_run, tmp_path, capsys)
     p_vol = next(r["p_fluid"] for r in rows if r["slice"] == 3)
     assert p_png == pytest.approx(p_vol, abs=1e-5)
     assert all(len(r["saliency_peak_native"]) == 2 for r in rows)
+    png_row = next(r for r in rows if r["bscan"].endswith("scan.png"))
+    assert Path(png_row["saliency_png"]).name.endswith("_scan.png")  # not scan.png.png
 
 
 def test_predict_refuses_tiny_images_and_bad_inputs(tiny_run, tmp_path, capsys):

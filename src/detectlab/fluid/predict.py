@@ -108,7 +108,7 @@ def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Na
 
     from detectlab.core.runs import open_run, write_json
     from detectlab.core.runtime import choose_device
-    from detectlab.fluid.data import Prep, crop_box, preprocess, remove_wedge
+    from detectlab.fluid.data import IMAGE_EXT, Prep, crop_box, preprocess, remove_wedge
     from detectlab.fluid.figures import overlay_png
     from detectlab.fluid.saliency import gradcam, peak_points
     from detectlab.fluid.train import load_model
@@ -143,8 +143,11 @@ def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Na
                 rc = (int(peaks[j][0]), int(peaks[j][1]))
                 r["saliency_peak_input"] = [rc[0], rc[1]]
                 r["saliency_peak_native"] = _native(box, prep.size, rc)
+                base = Path(name).name
+                if Path(base).suffix.lower() in IMAGE_EXT:  # scan.png -> 00003_scan.png, not scan.png.png
+                    base = Path(base).stem
                 png = sal_dir / (f"{len(rows):05d}_" + "".join(c if c.isalnum() or c in "._-" else "_"
-                                                                 for c in Path(name).name)[:80] + ".png")
+                                                                 for c in base)[:80] + ".png")
                 overlay_png(png, xi / 255.0, cams[j], f"{Path(name).name}: p(fluid) {p:.2f}", rc)
                 r["saliency_png"] = str(png)
             rows.append(r)
