@@ -28,8 +28,10 @@ pytestmark = pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_out
                                 subprocess.run(["which", "ssh-keygen"], capture_output=True).returncode != 0,
                                 reason="needs openssl and ssh-keygen")
 TIMEOUT = float(os.environ.get("DETECTLAB_TEST_ROUND_TIMEOUT", 45))
+#: tiny and fast; fl.select=last: each client exports its last-round model (global base + the head it kept)
 OVERRIDES = ['strategies=["fedper"]', "fl.rounds=3", "fl.epochs=1", "data_opts.size=16", "model.width=4",
-             "fl.batch=8", 'data="nodes"', "fl.min_clients=0", f"fl.round_timeout={TIMEOUT}"]
+             "fl.batch=8", "aug.crop=0", "aug.stride=16", "aug.jitter=0", 'data="nodes"', "fl.select=last",
+             "fl.min_clients=0", f"fl.round_timeout={TIMEOUT}"]
 
 
 def _wait_until(cond, timeout: float, what: str, poll: float = 0.2):

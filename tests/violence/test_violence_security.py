@@ -17,7 +17,8 @@ import pytest
 pytestmark = pytest.mark.skipif(not all(map(lambda b: subprocess.run(["which", b], capture_output=True).returncode == 0,
                                             ("openssl", "ssh-keygen"))), reason="needs openssl and ssh-keygen")
 OVERRIDES = ['strategies=["fedper"]', "fl.rounds=1", "fl.epochs=1", "data_opts.size=16", "model.width=4",
-             "fl.batch=8", 'data="nodes"', "fl.round_timeout=300"]
+             "fl.batch=8", "aug.crop=0", "aug.stride=16", "aug.jitter=0", 'data="nodes"',
+             "fl.round_timeout=300"]
 INTRUDERS = ("unregistered", "nokey", "nocert", "foreignca", "plaintext")
 BOUND = 90  # seconds a refused node may take to give up (it retries for --max-wait-time 20 s)
 
