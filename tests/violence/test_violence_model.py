@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from detectlab.violence import task
-from detectlab.violence.model import DiffGated, layer_table, param_counts, split_state
+from detectlab.violence.model import DiffGated, build_model, layer_table, param_counts, split_state
 
 
 def test_shapes_and_input_check():
@@ -136,6 +138,67 @@ def test_perfedavg_step_matches_hand_computation(variant):
     for p, w in zip(m.parameters(), want):
         assert torch.allclose(p.detach(), w, atol=3e-5, rtol=1e-3)
     assert not torch.allclose(next(m.parameters()).detach(), naive[0], atol=1e-6)  # restored before the update
+
+
+def test_hessian_free_correction_is_bounded():
+    """Fault caught: an unbounded Hessian-free correction. With alpha too large for the curvature
+    (alpha |H g| > |g|) the step must use the correction scaled to |g| (so |u| <= 2 |g|), by hand with the same
+    dropout masks; with a small alpha (see the hand-computation test) nothing is scaled."""
+    torch.manual_seed(0)
+    m = DropNet().train()
+    names = [n for n, _ in m.named_parameters()]
+    batches = [(torch.randn(8, 6), torch.randint(0, 2, (8,))) for _ in range(3)]
+    alpha, beta = 20.0, 0.05
+    w0 = {n: p.detach().clone().requires_grad_(True) for n, p in m.named_parameters()}
+
+    def loss_at(ws, b):
+        return nn.functional.cross_entropy(torch.func.functional_call(m, ws, (b[0],)), b[1])
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    g1 = torch.autograd.grad(loss_at(w0, batches[0]), list(w0.values()))
+    w_tmp = {n: (w - alpha * g).detach().requires_grad_(True) for (n, w), g in zip(w0.items(), g1)}
+    g2 = torch.autograd.grad(loss_at(w_tmp, batches[1]), list(w_tmp.values()))
+    gw = torch.autograd.grad(loss_at(w0, batches[2]), list(w0.values()), create_graph=True)
+    hv = torch.autograd.grad(sum((a * b).sum() for a, b in zip(gw, g2)), list(w0.values()))
+    g_norm = sum(float((g ** 2).sum()) for g in g2) ** 0.5
+    c_norm = alpha * sum(float((h ** 2).sum()) for h in hv) ** 0.5
+    assert c_norm > 3 * g_norm  # the case the bound is for
+    want = [(w0[n] - beta * (g - alpha * (g_norm / c_norm) * h)).detach() for n, g, h in zip(names, g2, hv)]
+    torch.set_rng_state(state)
+    it = iter(batches)
+    st = task.perfedavg_steps(m, lambda: next(it), steps=1, alpha=alpha, beta=beta, variant="hf", delta=1e-4)
+    assert st["hf_clipped"] == 1
+    for p, w in zip(m.parameters(), want):
+        assert torch.allclose(p.detach(), w, atol=1e-4, rtol=1e-3)
+    step = sum(float(((p.detach() - w0[n].detach()) ** 2).sum()) for n, p in zip(names, m.parameters())) ** 0.5
+    assert step <= beta * 2 * g_norm * (1 + 1e-3)
+    torch.manual_seed(0)
+    small = task.perfedavg_steps(DropNet().train(), lambda: batches[0], steps=2, alpha=0.01, beta=beta, variant="hf")
+    assert small["hf_clipped"] == 0
+
+
+def test_hessian_free_paper_steps_stay_finite():
+    """Fault caught: an honest Per-FedAvg (hf) client whose weights go NaN. With the paper preset's SGD steps
+    (alpha 0.03, beta 0.1; no GroupNorm, fixed input normalisation) the unbounded correction drove the
+    Diff-Gated weights to NaN within 30 meta-steps on these chunks (measured: the old CI failure of
+    test_bad_updates_rejected_and_meta_strategies_run was this kind of divergence); bounded, they stay finite."""
+    torch.manual_seed(3)
+    g = torch.Generator().manual_seed(3)
+    m = build_model({"arch": "DiffGated", "width": 4, "hidden": [128, 32], "dropout": 0.2, "norm": "none",
+                     "input_norm": "fixed", "groups": 4})
+    x = torch.rand(64, 3, 16, 32, 32, generator=g)
+    y = (torch.rand(64, generator=g) > 0.5).long()
+    x[y == 1] += 0.2 * torch.randn(int((y == 1).sum()), 3, 16, 32, 32, generator=g)
+    x = x.clamp(0, 1)
+
+    def sample():
+        i = torch.randint(0, 64, (8,), generator=g)
+        return x[i], y[i]
+
+    st = task.perfedavg_steps(m, sample, 30, 0.03, 0.1, "hf", 1e-3)
+    assert math.isfinite(st["train_loss"]) and task.finite_state(m.state_dict())
+    assert st["hf_clipped"] >= 1  # the bound was needed on this run
 
 
 def test_perfedavg_rejects_unknown_variant():

@@ -15,7 +15,7 @@ def test_prepare_combined4_pools_two_builtin_datasets(tmp_path):
 
     cfg = load_config(Config, "violence", "smoke", ["data=builtin", "data_opts.size=16", "aug.crop=0",
                                                     "data_opts.syn_size=32", "data_opts.syn_sources_per_site=3",
-                                                    "data_opts.syn_clips_per_source=4"])
+                                                    "data_opts.syn_clips_per_source=4"])  # the count below, by hand
     with Run(tmp_path / "run", cfg, "violence") as run:
         job = train.prepare(cfg, run, "combined4", seed=0)
     clients = job["clients"]
@@ -51,3 +51,24 @@ def test_chunk_split_is_leaky_and_source_split_is_not(tmp_path):
     assert sides["source"] == (set(), set())
     assert len(sides["chunk"][0]) >= 3 and sides["chunk"][1] == set()  # clips on both sides, no shared item
 
+
+
+def test_job_paths_are_absolute_with_a_relative_out(tmp_path, monkeypatch):
+    """Fault caught: a relative `--out` (the documented `--out runs/violence-real`) written into the job as a
+    relative path; the ClientApps and the ServerApp run in other working directories, so every client's census
+    failed with "No such file or directory: 'runs/.../partition-....npz'"."""
+    from pathlib import Path
+
+    from detectlab.core.config import load_config
+    from detectlab.core.runs import Run
+    from detectlab.violence import train
+    from detectlab.violence.config import Config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(Config, "violence", "smoke", ["data=builtin", "data_opts.size=16", "aug.crop=0",
+                                                    "data_opts.syn_size=32"])
+    with Run(Path("runs") / "rel", cfg, "violence") as run:
+        job = train.prepare(cfg, run, "balanced2", seed=0)
+    monkeypatch.chdir(tmp_path.parent)  # another working directory, as a ClientApp has
+    assert Path(job["out"]).is_absolute() and Path(job["out"]) == (tmp_path / "runs" / "rel").resolve()
+    assert Path(job["partition_file"]).is_absolute() and Path(job["partition_file"]).exists()

@@ -20,7 +20,12 @@ Recipe (every setting comes from the job's ``spec`` dict; config.py documents th
       hf:  u = g - alpha * H(w; D'') g,   H g ~ (grad f(w + d g) - grad f(w - d g)) / (2 d)
       w <- w - beta * u   (``meta_opt="sgd"``, the paper's) or an Adam step on u (``"adam"``)
   The two finite-difference passes of ``hf`` draw **the same dropout masks** (the RNG state is restored
-  between them), so their difference measures curvature, not two different masks.
+  between them), so their difference measures curvature, not two different masks. The curvature correction
+  is bounded: when ``alpha * |H g| > |g|`` it is scaled to ``|g|`` (so ``|u| <= 2 |g|``). Per-FedAvg's analysis
+  assumes ``alpha <= 1/L``, under which ``alpha |H g| <= |g|`` holds anyway; on this ReLU/max-pool network the
+  curvature along g reached 100-900 x |g| (and the finite differences cross kinks), so with the paper preset's
+  SGD steps (alpha 0.03, beta 0.1) an unbounded correction drove an honest client's weights to NaN within
+  ~25 meta-steps (measured; ``test_hessian_free_correction_is_bounded``).
 - **early stopping / model selection** (``select="best_val"``): every round the client scores its model on
   its *validation* clips (source videos of its own training side, never a held-out one) and keeps the best
   model in ``state``; its test scores come from that model. "Best" (:func:`val_score`): the highest chunk-level
@@ -328,12 +333,14 @@ def perfedavg_steps(model: nn.Module, sample: Callable[[], tuple[torch.Tensor, t
                     alpha: float, beta: float, variant: str = "fo", delta: float = 1e-3,
                     params: Sequence[nn.Parameter] | None = None, opt: torch.optim.Optimizer | None = None
                     ) -> dict[str, float]:
-    """Per-FedAvg local meta-steps on `params` (default all); `sample()` gives one batch. Mean outer loss."""
+    """Per-FedAvg local meta-steps on `params` (default all); `sample()` gives one batch. Returns the mean outer
+    loss and ``hf_clipped``, the number of steps whose curvature correction was bounded (module docstring)."""
     if variant not in ("fo", "hf"):
         raise ValueError(f"Per-FedAvg variant must be 'fo' or 'hf', got {variant!r}")
     model.train()
     params = list(params) if params is not None else _params(model)
     losses = []
+    clipped = 0
     for _ in range(max(1, steps)):
         w0 = [p.detach().clone() for p in params]
         g1, _ = _grads(model, params, *sample())
@@ -347,7 +354,13 @@ def perfedavg_steps(model: nn.Module, sample: Callable[[], tuple[torch.Tensor, t
                 p.copy_(w)
         if variant == "hf":
             hv = hessian_vector_fd(model, params, g2, *sample(), delta)
-            update = [g - alpha * h for g, h in zip(g2, hv)]
+            g_norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in g2))
+            c_norm = alpha * math.sqrt(sum(float((h.double() ** 2).sum()) for h in hv))
+            scale = 1.0
+            if c_norm > g_norm:  # alpha too large for the local curvature: bound the correction by |g|
+                scale = g_norm / c_norm
+                clipped += 1
+            update = [g - (alpha * scale) * h for g, h in zip(g2, hv)]
         else:
             update = g2
         if opt is None:
@@ -359,7 +372,7 @@ def perfedavg_steps(model: nn.Module, sample: Callable[[], tuple[torch.Tensor, t
                 p.grad = u.detach().clone()
             opt.step()
             opt.zero_grad(set_to_none=True)
-    return {"train_loss": float(np.mean(losses)), "train_acc": float("nan")}
+    return {"train_loss": float(np.mean(losses)), "train_acc": float("nan"), "hf_clipped": clipped}
 
 
 def window_sampler(clips: ClipSet, batch: int, aug: Augment, rng: np.random.Generator, device: torch.device

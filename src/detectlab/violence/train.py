@@ -129,7 +129,10 @@ def prepare(cfg: Config, run: Run, experiment: str, seed: int, split: str = "sou
     fl = cfg.fl
     return {
         "key": key, "experiment": experiment, "split": split, "seed": int(seed), "n_clients": k,
-        "rounds": fl.rounds, "model": model_dict(cfg), "partition_file": str(pfile), "out": str(run.dir),
+        # absolute paths: the ServerApp and the ClientApps run in other working directories (a relative --out
+        # made every client's census fail with "No such file or directory")
+        "rounds": fl.rounds, "model": model_dict(cfg), "partition_file": str(Path(pfile).resolve()),
+        "out": str(Path(run.dir).resolve()),
         "export": True, "timeout": fl.timeout, "client": dict(client_spec(cfg), experiment=key),
         "data": {"source": cs.source, "counts": cs.counts(), "skipped": cs.skipped}, "clients": clients,
         "fl": asdict(fl), "device": cfg.device,  # federation settings for the ServerApp
