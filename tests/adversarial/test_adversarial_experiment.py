@@ -114,7 +114,8 @@ def test_rerun_resumes_and_grid_additions_compute_only_new_units(tiny_run):
 
 
 def test_models_from_reuses_checkpoints_without_training(tiny_run, tmp_path):
-    """Faults: models_from ignored (training again), or the copied models not the source's."""
+    """Faults: models_from ignored (training again), the copied models not the source's, or a rerun that
+    only drops a model refused."""
     out = tmp_path / "reuse"
     args = [a for a in TINY if not a.startswith(("attack.eps", "adaptive"))]
     assert main(["adversarial", "run", "--preset", "smoke", "--out", str(out), *args, "attack.attacks=['fgsm']",
@@ -124,6 +125,14 @@ def test_models_from_reuses_checkpoints_without_training(tiny_run, tmp_path):
     assert a["models"]["natural"]["clean_accuracy"] == b["models"]["natural"]["clean_accuracy"]
     assert _unit(out, "natural-fgsm-eps=0.300")["stat"] == _unit(tiny_run, "natural-fgsm-eps=0.300")["stat"]
     assert "models_from" in json.loads((out / "data.json").read_text())
+    # `models` is a grid field: a rerun on the same models_from run that drops a model is accepted and
+    # reads the finished unit back (fault: the checkpoint pin covering only cfg.models, so it is refused)
+    unit = out / "units" / "natural-fgsm-eps=0.300.json"
+    before = unit.stat().st_mtime_ns
+    assert main(["adversarial", "run", "--preset", "smoke", "--out", str(out), *args, "attack.attacks=['fgsm']",
+                 "attack.eps=[0.3]", f"models_from={tiny_run}", "models=['natural']"]) == 0
+    assert unit.stat().st_mtime_ns == before
+    assert list(json.loads((out / "metrics.json").read_text())["models"]) == ["natural"]
 
 
 def test_resume_on_other_data_exits_2(tiny_run, tmp_path, capsys):

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 
 STYLE = {"natural": dict(color="tab:blue"), "secret": dict(color="tab:red")}
 LINES = {"pgd": "-", "fgsm": ":", "apgd": "-.", "adaptive": "--"}
+CMAP = {"natural": plt.cm.Blues, "secret": plt.cm.Reds}
 MARK_LS = {"natural": ":", "secret": "-."}  # the paper: dotted natural, dash-dotted secret
 
 
@@ -109,9 +110,12 @@ def _hist(run, metrics: dict) -> None:
 
     ax.step(centers, dens(h["train"]), where="mid", color="k", label="benign (training)")
     ax.step(centers, dens(h["benign"]), where="mid", color="gray", ls="--", label="benign (test)")
+    keys = list(h["attacked"])
     for k, v in h["attacked"].items():
-        m = k.split("-")[0]
-        ax.plot(centers, dens(v), LINES[k.split("-")[1]], label=k, **STYLE.get(m, {}), alpha=0.8)
+        m, a = k.split("-")[:2]
+        same = [j for j in keys if j.split("-")[:2] == [m, a]]  # one shade per eps, darker = larger eps
+        shade = 0.45 + 0.5 * same.index(k) / max(1, len(same) - 1)
+        ax.plot(centers, dens(v), LINES[a], label=k, color=CMAP.get(m, plt.cm.Greys)(shade))
     ax.axvline(1.0, color="k", lw=0.8)
     ax.text(1.02, ax.get_ylim()[1] * 0.9, "threshold", fontsize=8)
     ax.set_xlabel("statistic p̂ / threshold")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from detectlab.adversarial.attack import pgd, predict_labels
 from detectlab.adversarial.baseline import FeatureSqueezing
-from detectlab.adversarial.config import Config
+from detectlab.adversarial.config import MODELS, Config
 from detectlab.adversarial.data import Split, load_data
 from detectlab.adversarial.detector import SteganalysisDetector, to_uint8
 from detectlab.adversarial.model import MadryCNN
@@ -115,8 +115,10 @@ def _from_previous(cfg: Config, run: Any) -> dict[str, Any]:
         if a and b and (a.get("sha256"), a.get("kind")) != (b.get("sha256"), b.get("kind")):
             raise InputError(src, f"its models were trained on other data ({a.get('resolved')}) than this run "
                                   f"reads ({b.get('resolved')})", "a models_from run made on the same data")
+    # every checkpoint of the source, not only cfg.models: `models` is a grid field, and a rerun that drops
+    # or adds a model must meet the same pin
     digests = {}
-    for m in cfg.models:
+    for m in [m for m in MODELS if (src / "checkpoints" / f"{m}.safetensors").exists()]:
         h = hashlib.sha256()
         with open(src / "checkpoints" / f"{m}.safetensors", "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
