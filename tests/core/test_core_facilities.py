@@ -131,6 +131,18 @@ def test_resume_on_other_data_is_refused(tmp_path):
     assert rec["resolved"] == str(d1.resolve()) and rec["files"] == 2
 
 
+def test_same_files_other_data_settings_names_the_setting(tmp_path):
+    """Fault caught: a resume refused because only a data setting pinned as `extra` (a subset's size, the
+    models of a source run) changed, with a message whose old and new descriptions read the same."""
+    d = _data(tmp_path, "d", {"train.csv": b"1,0\n"})
+    with Run(tmp_path / "r", Cfg(), "t") as run:
+        run.pin_data(d, extra={"n_test": 500})
+    with Run(tmp_path / "r", Cfg(), "t") as run:
+        with pytest.raises(InputError) as e:
+            run.pin_data(d, extra={"n_test": 100})
+    assert "n_test: 500 -> 100" in str(e.value) and "same files" in str(e.value)
+
+
 def test_run_folder_is_absolute_whatever_the_working_directory(tmp_path, monkeypatch):
     """Fault caught: a relative --out kept relative, so a unit that runs in another working directory
     (Flower's simulation engine, a Ray worker) looks for the run's files beside the wrong folder (the
