@@ -212,3 +212,32 @@ def test_every_process_was_stopped(secure):
     """Catches: SuperLink, SuperNodes, flower-superexec or flwr-serverapp/clientapp children left running
     after the deployment stopped (each carries the deployment's environment tag)."""
     assert secure["left"] == [] and secure["procs"] >= 8
+
+
+def test_restarted_node_retries_while_its_old_registration_is_online(tmp_path, monkeypatch):
+    """Catches a SuperNode restart that gives up at once when the SuperLink still holds the killed node's
+    registration (`[code: 2004] Failed to activate SuperNode`, exit 305, until the old node misses its
+    heartbeats): the resumed run then found one SuperNode fewer and failed (seen in CI under load). Here
+    the first two starts are refused and the third stays up."""
+    import sys
+
+    from detectlab.violence.flower_app import LocalDeployment
+
+    dep = LocalDeployment(tmp_path / "dep", 0, tls=False, auth=False)
+    dep.dir.mkdir(parents=True, exist_ok=True)
+    starts = []
+
+    def fake_start(i, **kw):
+        refused = len(starts) < 2
+        starts.append(refused)
+        code = "print('[code: 2004] Failed to activate SuperNode.')" if refused else "import time; time.sleep(30)"
+        return dep.spawn(f"supernode{i}", [sys.executable, "-c", code])
+
+    dep.procs["supernode1"] = subprocess.Popen([sys.executable, "-c", "pass"])
+    dep.procs["supernode1"].wait()
+    monkeypatch.setattr(dep, "start_node", fake_start)
+    try:
+        node = dep.restart_node(1, wait=60, settle=2, retry_every=0.1)
+        assert starts == [True, True, False] and node.poll() is None
+    finally:
+        dep.stop()

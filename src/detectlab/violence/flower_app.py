@@ -409,11 +409,35 @@ class LocalDeployment(_Processes):
     def kill_node(self, i: int, sig: int = signal.SIGKILL) -> None:
         self.signal(f"supernode{i}", sig)
 
-    def restart_node(self, i: int) -> subprocess.Popen:
-        """Start node `i` again with the same node config (same partition, data and state folders)."""
-        if self.procs[f"supernode{i}"].poll() is None:
+    def restart_node(self, i: int, wait: float = 180.0, settle: float = 20.0, retry_every: float = 5.0) -> subprocess.Popen:
+        """Start node `i` again with the same node config (same partition, data and state folders).
+
+        A SuperNode killed without a goodbye stays registered as online on the SuperLink until it misses its
+        heartbeats; a restart with the same key inside that window is refused (`[code: 2004] Failed to
+        activate SuperNode`, exit 305). The restart is retried every few seconds until the SuperLink has let
+        the old registration go, for at most `wait` seconds."""
+        name = f"supernode{i}"
+        if self.procs[name].poll() is None:
             self.kill_node(i, signal.SIGTERM)
-        return self.start_node(i)
+        log = self.dir / f"{name}.log"
+        deadline = time.monotonic() + wait
+        while True:
+            start = log.stat().st_size if log.exists() else 0
+            node = self.start_node(i)
+            t_up = time.monotonic() + settle
+            while node.poll() is None and time.monotonic() < t_up:
+                time.sleep(0.5)
+            if node.poll() is None:
+                return node  # activated (a refused activation exits within seconds)
+            with open(log, errors="replace") as fh:
+                fh.seek(start)
+                refused = "code: 2004" in fh.read()
+            if not refused or time.monotonic() > deadline:
+                return node
+            for w in (f"warm-{name}",):
+                if w in self.procs:
+                    self.signal(w, signal.SIGTERM)
+            time.sleep(retry_every)
 
     def restart_superlink(self) -> None:
         """Stop the SuperLink (and the ServerApp it runs) and start it again on the same port and database."""
