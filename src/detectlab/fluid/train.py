@@ -323,15 +323,23 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, b: int, size: tupl
     opt.step()
 
 
-def _peak_rss() -> int:
-    """This process's peak resident memory in bytes: VmHWM (per address space, so it starts afresh after
-    exec), else ru_maxrss (which Linux carries over from the parent across fork and exec)."""
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The `key:` line of a /proc file given in kB (e.g. VmHWM of /proc/self/status), in bytes; None when absent."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM (per address space, so it starts afresh after
+    exec), else ru_maxrss (which Linux carries over from the parent across fork and exec)."""
+    hwm = _proc_bytes("/proc/self/status", "VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -354,12 +362,9 @@ def step_memory(arch: str, size: tuple[int, int], batches: tuple[int, ...], aux_
 
 def available_memory() -> int:
     """MemAvailable (bytes) from /proc/meminfo, else the free physical pages."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    avail = _proc_bytes("/proc/meminfo", "MemAvailable")
+    if avail is not None:
+        return avail
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
