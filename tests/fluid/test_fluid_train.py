@@ -152,20 +152,30 @@ def test_class_weights_and_test_metrics():
 
 
 def test_augmentation_generator_follows_the_data(monkeypatch):
-    """GPU readiness: the augmentation draws from a generator on the device of the batch it meets (a CPU
-    generator meeting CUDA tensors is an error on a GPU); seam: augment sees (generator, batch)."""
+    """GPU readiness: the augmentation draws from a generator made for the device the batches are moved to
+    (a CPU ``torch.Generator()`` meeting CUDA tensors is an error on a GPU). Seam: fit asks make_generator
+    for the training device and hands that very generator to augment; a hard-coded CPU generator (or one
+    made for another device) fails here even on a CPU-only machine."""
     from detectlab.fluid import train as T
 
-    seen = []
+    asked, made, seen = [], [], []
+    real = T.make_generator
 
-    def spy(x, m, g, **kw):
-        seen.append((torch.device(g.device).type, x.device.type))
+    def gen_spy(device, seed):
+        asked.append(torch.device(device))
+        made.append(real(device, seed))
+        return made[-1]
+
+    def aug_spy(x, m, g, **kw):
+        seen.append((g, x.device))
         return x, m
 
-    monkeypatch.setattr(T, "augment_fn", spy)
+    monkeypatch.setattr(T, "make_generator", gen_spy)
+    monkeypatch.setattr(T, "augment_fn", aug_spy)
     d = _toy()
     fit(Tiny(), d.take(range(32)), d.take(range(32, 64)), _tc(max_epochs=1), 8, CPU, augment=True)
-    assert len(seen) == 4 and all(gd == xd == "cpu" for gd, xd in seen)
+    assert asked == [torch.device(CPU)]
+    assert len(seen) == 4 and all(g is made[0] and dev == asked[0] for g, dev in seen)
 
 
 def test_find_max_batch_cpu_measures_each_architecture_on_its_own():
