@@ -447,14 +447,17 @@ def federation(full: bool, tmp: Path, real: Path | None, size: int, model_cfg: d
     r = deploy_round_time(data, tmp / "deploy", size=size, width=model_cfg["width"], rounds=2, reps=5,
                           max_chunks=2)
     return {"round": {"ours_round_s": r["median"]["ours"], "plain_round_s": r["median"]["peer"],
-                      "ratio": r["ratio"], "times": r["times"], "mode": r["mode"]}, "bytes": r["bytes"]}
+                      "plain_same_eval_round_s": r["median"].get("peer_same_eval"),
+                      "ratio": r["ratio"], "ratio_same_eval": r.get("ratio_same_eval"), "times": r["times"],
+                      "mode": r["mode"]}, "bytes": r["bytes"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=["smoke", "full"], default="smoke")
     ap.add_argument("--data", default="", help="video folder for the full decode benchmark [DETECTLAB_DATA/video]")
-    ap.add_argument("--part", choices=["all", "decode"], default="all", help="decode: only the decoding comparison")
+    ap.add_argument("--part", choices=["all", "decode", "round"], default="all",
+                    help="decode: only the decoding comparison; round: only bytes and round time (the federation)")
     args = ap.parse_args(argv)
     from detectlab.core.config import real_data_path
     from detectlab.core.runtime import set_threads
@@ -473,6 +476,19 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         syn = make_dataset(tmp / "syn", n_sites=1, sources_per_site=2, clips_per_source=4, size=64, n_frames=32)
         files = [c.path for c in find_clips(syn)]
+    if args.part == "round":
+        res.update(federation(full, tmp, real, size, model_cfg))
+        b, r = res["bytes"], res["round"]
+        q, qs = r["ratio"], r.get("ratio_same_eval")
+        print(f"round time, s [{r['mode']}]: our FedPer {r['ours_round_s']:.3f}, plain Flower FedAvg "
+              f"{r['plain_round_s']:.3f}; ratio {q['median']:.3f} (median of {len(q['per_rep'])} interleaved, spread "
+              f"{q['min']:.3f}-{q['max']:.3f}; goal <= 1.1)"
+              + (f"; against the plain app evaluating on the validation clips too: {qs['median']:.3f} "
+                 f"(spread {qs['min']:.3f}-{qs['max']:.3f})" if qs else ""))
+        print(f"bytes/round per client: FedPer {b['fedper_bytes']}, FedAvg {b['fedavg_bytes']}, ratio {b['ratio']:.6f} "
+              f"(base/total params {b['param_ratio']:.6f}); {b['source']}")
+        print(json.dumps({"round": r, "bytes": b}))
+        return res
     res["decode"] = decode_throughput(files, size, reps=5)
     res["decode"]["source"] = str(real if (full and real is not None) else "synthetic")
     if args.part == "decode":
