@@ -324,7 +324,8 @@ def figures(run: Run, cfg: Config, metrics: dict, results: dict) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     run.save_figure(fig, "accuracy_per_round")
-    fig, axes = plt.subplots(1, len(exps), figsize=(4.8 * len(exps), 3.6), squeeze=False)
+    # constrained layout: the long method names of the second panel otherwise overprint the first panel's bars
+    fig, axes = plt.subplots(1, len(exps), figsize=(5.6 * len(exps), 3.6), squeeze=False, layout="constrained")
     for ax, exp in zip(axes[0], exps):
         ms = metrics["experiments"][exp]["splits"]["source"]["methods"]
         names = list(ms)
@@ -334,6 +335,10 @@ def figures(run: Run, cfg: Config, metrics: dict, results: dict) -> None:
         ax.barh(range(len(names)), vals, xerr=errs, color=colors)
         ax.set_yticks(range(len(names)), [method_name(m) for m in names], fontsize=7)
         ax.axvline(0.5, color="k", lw=0.8, ls=":")
+        base = [v for v, m in zip(vals, names) if ms[m]["kind"] != "model"]
+        if base:  # a model bar that ends left of this line is below the best baseline
+            ax.axvline(max(base), color="tab:red", lw=1, ls="--", label=f"best baseline ({max(base):.3f})")
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_xlim(0, 1)
         ax.set_xlabel("clip balanced accuracy (pooled, mean ± SD over seeds)")
         ax.set_title(f"{exp}: models (blue) and baselines (grey)", fontsize=9)
