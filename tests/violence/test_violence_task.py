@@ -135,6 +135,49 @@ def test_final_scores_come_from_the_best_validation_round():
     assert out2["selected-round"] == 3
 
 
+def test_threshold_aware_choice_prefers_the_model_that_separates_the_clips(monkeypatch):
+    """Fault caught: with select=best_val_bacc, keeping the round whose validation AUC is higher although it
+    calls every validation clip one class (balanced accuracy 0.5 at the 0.5 threshold the reported predictions
+    use) over a later round that classifies them; ties in balanced accuracy must fall back to AUC, then loss.
+    The default rule stays AUC-first (the committed real runs were made with it)."""
+    one_class = {"loss": 0.70, "clip": {"balanced_accuracy": 0.5}, "chunk": {"auc": 0.76}}
+    separates = {"loss": 1.10, "clip": {"balanced_accuracy": 0.62}, "chunk": {"auc": 0.66}}
+    assert task.val_score(separates, "best_val_bacc") > task.val_score(one_class, "best_val_bacc")
+    assert task.val_score(one_class) > task.val_score(separates)  # best_val: AUC first, as before
+    tie = dict(separates, chunk={"auc": 0.70})
+    assert task.val_score(tie, "best_val_bacc") > task.val_score(separates, "best_val_bacc")
+    undefined = {"loss": 0.2, "clip": {"balanced_accuracy": float("nan")}, "chunk": {"auc": float("nan")}}
+    assert task.val_score(one_class, "best_val_bacc") > task.val_score(undefined, "best_val_bacc")
+    # through evaluate_round: round 1 one-class with the higher AUC, round 2 separating -> round 2 is reported
+    data = _data()
+    m = _tiny_model()
+    rounds = iter([one_class, separates, separates])
+    real = task.evaluate
+
+    def fake_evaluate(model, clips, *a, **k):
+        if clips is data.val:
+            return {**next(rounds), "accuracy": 0.5, "n": len(clips)}
+        return real(model, clips, *a, **k)
+
+    monkeypatch.setattr(task, "evaluate", fake_evaluate)
+    spec = dict(SPEC, strategy="fedper", select="best_val_bacc")
+    _, st = task.evaluate_round(m, data, spec, {}, 1, False, np.random.default_rng(0))
+    out, st = task.evaluate_round(m, data, spec, st, 2, True, np.random.default_rng(0))
+    assert out["selected-round"] == 2
+    rounds = iter([one_class, separates])
+    _, st = task.evaluate_round(m, data, dict(spec, select="best_val"), {}, 1, False, np.random.default_rng(0))
+    out, _ = task.evaluate_round(m, data, dict(spec, select="best_val"), st, 2, True, np.random.default_rng(0))
+    assert out["selected-round"] == 1
+
+
+def test_float_noise_in_validation_auc_does_not_decide_the_choice():
+    """Fault caught: an AUC higher by 1e-16 (float noise of the same ranking) keeping the earlier model although
+    the tie-break (lower loss) prefers the later one."""
+    a = {"loss": 0.9, "chunk": {"auc": 0.7 + 1e-16 * 3}}
+    b = {"loss": 0.6, "chunk": {"auc": 0.7}}
+    assert task.val_score(b) > task.val_score(a)
+
+
 def test_message_seeds_differ_by_round_client_and_kind():
     """Fault caught (fault 7): one seed per client for every message, so every round repeats the same dropout
     masks and windows."""

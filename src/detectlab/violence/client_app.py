@@ -310,7 +310,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         "head-from": int(head_from),
     })
     content = {"metrics": metrics}
-    if final:  # the reported model (lowest validation loss with select=best_val), for predict/evaluate --client K
+    if final:  # the reported model (best validation score with select=best_val/best_val_bacc), for predict/evaluate --client K
         content["personal"] = ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
     return Message(RecordDict(content), reply_to=msg)
 

@@ -87,9 +87,10 @@ class FLConfig:
     variant: str = param("fo", choices=("fo", "hf"), doc="Per-FedAvg: first-order or Hessian-free")
     meta_steps: int = param(0, ge=0, doc="per round; 0 = half the batches of `epochs` epochs (2 batches a step)")
     adapt_steps: int = param(1, ge=0, doc="personalisation steps before evaluation (Per-FedAvg, FedMeta-Per)")
-    select: str = param("best_val", choices=("best_val", "last"),
-                        doc="each client's reported model: best on its validation clips over rounds (chunk AUC, "
-                            "then loss), or the last")
+    select: str = param("best_val", choices=("best_val", "best_val_bacc", "last"),
+                        doc="each client's reported model: best on its validation clips over rounds (best_val: "
+                            "chunk AUC, then loss; best_val_bacc: clip balanced accuracy at the 0.5 threshold, then "
+                            "AUC, then loss), or the last")
     eval_test_every_round: bool = True  # test metrics per round for the learning-curve figure (never used to choose)
     eval_stride: int = param(16, ge=1, le=16, doc="evaluation chunks start every `eval_stride` frames")
     client_threads: int = param(1, ge=1)

@@ -29,7 +29,9 @@ Recipe (every setting comes from the job's ``spec`` dict; config.py documents th
 - **early stopping / model selection** (``select="best_val"``): every round the client scores its model on
   its *validation* clips (source videos of its own training side, never a held-out one) and keeps the best
   model in ``state``; its test scores come from that model. "Best" (:func:`val_score`): the highest chunk-level
-  ROC-AUC, ties (and validation clips of one class, where AUC is undefined) broken by the lower loss. (The
+  ROC-AUC, ties (and validation clips of one class, where AUC is undefined) broken by the lower loss;
+  ``select="best_val_bacc"`` puts the clip-level balanced accuracy at the reported 0.5 threshold first (AUC
+  ignores the threshold, so it can keep a model that calls every clip one class). (The
   validation loss alone chose the untrained round-1 model on the real clips: the models become
   over-confident, so their cross-entropy rose while their held-out accuracy rose too.)
 - **seeding**: every message gets its own seed from (seed, experiment, strategy, client, round, kind)
@@ -442,11 +444,34 @@ def train_round(model: nn.Module, data: ClientData, spec: dict, state: dict[str,
     return out, state
 
 
-def val_score(v: dict) -> tuple[float, float]:
-    """How good a validation result is (higher is better): (chunk AUC, or -1 when undefined; -loss)."""
+#: how each client's reported model is chosen over rounds (FLConfig.select)
+SELECTS = ("best_val", "best_val_bacc", "last")
+
+
+def _q(x: float) -> float:
+    """A validation figure rounded to 1e-9, so float noise (a 1e-16 AUC difference) cannot decide a choice and
+    the tie-break that follows it does."""
+    return round(float(x), 9)
+
+
+def val_score(v: dict, rule: str = "best_val") -> tuple[float, ...]:
+    """How good a validation result is (higher is better).
+
+    ``best_val``: (chunk AUC, or -1 when undefined; -loss). ``best_val_bacc`` (threshold-aware): (clip-level
+    balanced accuracy at the 0.5 threshold the reported predictions use, or -1 when undefined; then chunk AUC;
+    then -loss): AUC alone ignores the threshold, so it can keep a model that calls every clip one class."""
     auc = v["chunk"]["auc"]
     loss = v["loss"]
-    return (float(auc) if math.isfinite(auc) else -1.0, -float(loss) if math.isfinite(loss) else -math.inf)
+    score = (_q(auc) if math.isfinite(auc) else -1.0, -_q(loss) if math.isfinite(loss) else -math.inf)
+    if rule == "best_val_bacc":
+        bacc = v["clip"]["balanced_accuracy"]
+        return (_q(bacc) if math.isfinite(bacc) else -1.0, *score)
+    return score
+
+
+def selects_best(spec: dict) -> bool:
+    """True when the spec's rule keeps the best-validation model (not the last one)."""
+    return spec.get("select", "best_val") != "last"
 
 
 def _best_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -478,10 +503,10 @@ def evaluate_round(model: nn.Module, data: ClientData, spec: dict, state: dict[s
         v = evaluate(model, data.val, stride, crop=crop)
         out.update({"val-loss": v["loss"], "val-acc": v["accuracy"], "val-bacc": v["clip"]["balanced_accuracy"],
                     "n-val": v["n"]})
-        score = val_score(v)
-        best = tuple(float(x) for x in state["best_val_score"]) if "best_val_score" in state else (-math.inf, -math.inf)
+        score = val_score(v, spec.get("select", "best_val"))
+        best = tuple(float(x) for x in state["best_val_score"]) if "best_val_score" in state else (-math.inf,)
         out["val-auc"] = v["chunk"]["auc"]
-        if spec.get("select", "best_val") == "best_val" and score > best:
+        if selects_best(spec) and score > best:
             state.update(_best_state(model))
             state["best_val_score"] = torch.tensor(score, dtype=torch.float64)
             state["best_round"] = torch.tensor(int(rnd))
@@ -490,7 +515,7 @@ def evaluate_round(model: nn.Module, data: ClientData, spec: dict, state: dict[s
         out.update({"test-loss": t["loss"], "test-acc": t["accuracy"], "test-clip-bacc": t["clip"]["balanced_accuracy"],
                     "n-test": t["n"]})
     if final:
-        if spec.get("select", "best_val") == "best_val" and _load_best(model, state):
+        if selects_best(spec) and _load_best(model, state):
             out["selected-round"] = int(state["best_round"])
         else:
             out["selected-round"] = int(rnd)
@@ -509,10 +534,11 @@ def train_local(model: nn.Module, data: ClientData, spec: dict, epochs: int, rng
     aug = Augment.from_spec(spec)
     stride, crop = int(spec.get("eval_stride", CHUNK)), aug.crop
     opt = make_adam(_params(model), spec)
-    best, best_score, best_epoch, since = None, (-math.inf, -math.inf), -1, 0
+    rule = spec.get("select", "best_val")
+    best, best_score, best_epoch, since = None, (-math.inf,), -1, 0
     hist = []
     if include_start and len(data.val):
-        best_score = val_score(evaluate(model, data.val, stride, crop=crop))
+        best_score = val_score(evaluate(model, data.val, stride, crop=crop), rule)
         best, best_epoch = {k: v.detach().clone() for k, v in model.state_dict().items()}, 0
     for ep in range(1, max(1, epochs) + 1):
         st = fit_epoch(model, data.train, opt, int(spec["batch"]), aug, rng)
@@ -520,15 +546,15 @@ def train_local(model: nn.Module, data: ClientData, spec: dict, epochs: int, rng
         if len(data.val):
             v = evaluate(model, data.val, stride, crop=crop)
             rec["val_loss"], rec["val_auc"] = v["loss"], v["chunk"]["auc"]
-            if val_score(v) > best_score:
-                best_score, best_epoch, since = val_score(v), ep, 0
+            if val_score(v, rule) > best_score:
+                best_score, best_epoch, since = val_score(v, rule), ep, 0
                 best = {k: t.detach().clone() for k, t in model.state_dict().items()}
             else:
                 since += 1
         hist.append(rec)
         if patience and since >= patience:
             break
-    if best is not None and spec.get("select", "best_val") == "best_val":
+    if best is not None and selects_best(spec):
         model.load_state_dict(best)
     return {"history": hist, "selected_epoch": best_epoch if best is not None else len(hist)}
 
