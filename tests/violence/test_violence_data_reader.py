@@ -13,8 +13,10 @@ from detectlab.violence import data
 
 
 def _moving(n: int, h: int, w: int) -> np.ndarray:
-    """Frames that differ from each other: a blue ramp over time, a red block moving right, a green stripe."""
+    """Frames that differ from each other: a blue ramp over time, a red block moving right, a green band, and
+    fine black/white columns on top (area averaging makes them grey; point or bilinear sampling does not)."""
     f = np.zeros((n, h, w, 3), np.uint8)
+    f[:, : h // 4, 1::2] = 255
     for i in range(n):
         f[i, ..., 2] = 40 + (180 * i) // max(1, n - 1)
         x = (i * (w - w // 4)) // max(1, n - 1)
@@ -35,13 +37,14 @@ def _reference(path, size: int) -> np.ndarray:
 
 def test_read_frames_equals_a_reference_decode(tmp_path, write_clip):
     """Fault caught: frames in BGR order, scaled from a crop or with the wrong size, dropped, duplicated or out of
-    order (e.g. a reused scaler handing back the previous frame), or the frame count differing from the file's."""
+    order (e.g. a reused scaler handing back the previous frame), point/bilinear sampling instead of area averaging,
+    or the frame count differing from the file's."""
     p = write_clip(tmp_path / "m.mp4", _moving(24, 48, 64))
     out = data.read_frames(p, 20, threads=1)
     ref = _reference(p, 20)
     assert out.shape == ref.shape == (24, 20, 20, 3) and out.dtype == np.uint8
     diff = np.abs(out.astype(np.int16) - ref).mean(axis=(1, 2, 3))
-    assert diff.max() < 3.0, diff
+    assert diff.mean() < 4.0 and diff.max() < 6.0, diff  # area averaging: 2.9 / 4.6; bilinear: 8.2 / 9.2
     # frame order: each frame is nearest to the reference frame of the same index, and clearly not to its neighbours
     d = np.abs(out[:, None].astype(np.int16) - ref[None]).mean(axis=(2, 3, 4))
     assert d.argmin(axis=1).tolist() == list(range(24))
@@ -107,7 +110,10 @@ def test_unreadable_files_give_one_line(tmp_path):
         with pytest.raises(InputError) as e:
             data.read_clip_chunks(p, 16)
         line = str(e.value)
-        assert "\n" not in line and line.startswith(f"{p}: {what}") and "expected a readable video" in line
+        assert line.startswith(f"{p}: {what}") and "expected a readable video" in line
+        with pytest.raises(data.VideoError) as v:  # the reason load_clips logs and keeps for a skipped clip
+            data.read_frames(p, 16)
+        assert str(v.value).startswith(what) and "\n" not in str(v.value)
 
 
 def test_decoder_threads_follow_detectlab_threads(monkeypatch, tmp_path, write_clip):
