@@ -182,12 +182,13 @@ def read_frames(path: Path, size: int, max_frames: int = 0, threads: int | None 
 
     Each frame is scaled straight to ``size x size`` by FFmpeg's swscale with area averaging, one C pass from
     the decoder's YUV planes to small RGB, through ONE reusable scaler per clip running in the calling thread
-    (``frame.reformat`` builds a new scaler for every frame, with its own thread pool: that was most of the
-    cost). The H.264 decoder runs with ``threads`` (default :func:`decoder_threads`) FFmpeg frame threads on
+    (``frame.reformat`` builds a new scaler, with its own thread pool, for every frame: about a quarter of the old
+    reader's CPU time on the real clips, plus thread hand-offs per frame that a loaded machine makes wait). The H.264 decoder runs with ``threads`` (default :func:`decoder_threads`) FFmpeg frame threads on
     clips of at least 640x360 and one thread on smaller ones; ``DETECTLAB_THREADS=1`` makes the whole reader
-    single-threaded. Frames are the same whatever the thread count, and within ~1.6/255 (mean) of
-    ``VideoCapture.read`` + ``cvtColor`` + ``resize(INTER_AREA)``; speed against that loop on the real clips:
-    benchmarks/bench_violence.py and docs/results/violence/bench-decode/.
+    single-threaded. Frames are the same whatever the thread count, and 1.55/255 (mean over every frame of the
+    252 real clips; worst clip 3.61) from ``VideoCapture.read`` + ``cvtColor`` + ``resize(INTER_AREA)``; on one
+    thread 2.28x that loop's speed at OpenCV's default threads and 1.97x at one thread (the real clips, interleaved:
+    benchmarks/bench_violence.py, docs/results/violence/bench-decode/).
     """
     import av
     from av.video.reformatter import Interpolation, VideoReformatter
