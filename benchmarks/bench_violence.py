@@ -11,8 +11,11 @@
    authentication, each node reading its own site folder; :func:`deploy_round_time`). ``smoke``: one round
    in-process with real Messages and ClientApp handlers, no transport (:func:`federation_inprocess`).
 3. Chunk decoding throughput (chunks/s) of our PyAV reader (FFmpeg's area scaling straight from the decoder's
-   planes) against OpenCV in a bare loop (VideoCapture.read + cvtColor + INTER_AREA resize + 16-frame chunks) on
-   the same files, interleaved (ours, OpenCV, ...), median speed-up of 5 repetitions and its spread.
+   planes, one reused scaler per clip; decoder threads from ``DETECTLAB_THREADS``) against OpenCV in a bare loop
+   (VideoCapture.read + cvtColor + INTER_AREA resize + 16-frame chunks, OpenCV's defaults: FFmpeg decoder
+   threads = CPU count, cv2 threads = CPU count) on the same files, and against the same loop held to one
+   thread (``CAP_PROP_N_THREADS=1``, ``cv2.setNumThreads(1)``), interleaved (ours, OpenCV, OpenCV 1 thread,
+   ...), median speed-up of 5 repetitions and its spread; frames compared clip by clip on every file.
 """
 
 from __future__ import annotations
@@ -34,47 +37,96 @@ def _table(rows: list[tuple[str, str, str, str]]) -> str:
     return "\n".join([fmt(head), "  ".join("-" * x for x in w), *map(fmt, rows)])
 
 
-def _opencv_chunks(f: Path, size: int) -> np.ndarray:
-    """The peer: a bare OpenCV loop (VideoCapture.read + cvtColor + INTER_AREA resize), cut into 16-frame chunks."""
+def _opencv_chunks(f: Path, size: int, threads: int = 0) -> np.ndarray:
+    """The peer: a bare OpenCV loop (VideoCapture.read + cvtColor + INTER_AREA resize), cut into 16-frame chunks.
+
+    ``threads=0``: OpenCV's defaults (its FFmpeg decoder and cv2 use all cores); ``threads=n``: the decoder
+    opened with ``CAP_PROP_N_THREADS=n`` and ``cv2.setNumThreads(n)`` around the loop (equal-thread peer)."""
     import cv2
 
     from detectlab.violence.data import CHUNK, chunk_frames
 
-    cap = cv2.VideoCapture(str(f))
+    before = cv2.getNumThreads()
+    if threads:  # the default peer is left exactly as it was (no setNumThreads call)
+        cv2.setNumThreads(threads)
+        cap = cv2.VideoCapture(str(f), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
+    else:
+        cap = cv2.VideoCapture(str(f))
     frames = []
-    while True:
-        ok, fr = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.resize(cv2.cvtColor(fr, cv2.COLOR_BGR2RGB), (size, size), interpolation=cv2.INTER_AREA))
-    cap.release()
+    try:
+        while True:
+            ok, fr = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.resize(cv2.cvtColor(fr, cv2.COLOR_BGR2RGB), (size, size), interpolation=cv2.INTER_AREA))
+    finally:
+        cap.release()
+        if threads:
+            cv2.setNumThreads(before)
     return chunk_frames(np.stack(frames)) if len(frames) >= CHUNK else np.zeros((0, CHUNK, size, size, 3), np.uint8)
+
+
+def _speedup(times: dict, ours: str, peer: str) -> dict:
+    per = sorted(p / o for o, p in zip(times[ours], times[peer]))
+    return {"median": float(np.median(per)), "min": per[0], "max": per[-1], "per_rep": per}
 
 
 def decode_throughput(files: list[Path], size: int, reps: int = 5) -> dict:
     """Chunks/s of our reader (PyAV, FFmpeg's area scaling straight from the decoder's planes) against the bare
-    OpenCV loop on the same files, interleaved (ours, OpenCV, ours, ...), median of `reps` and the spread of the
-    per-repetition speed-up (OpenCV time / our time). Also how close the frames are (mean |difference|)."""
-    from detectlab.core.bench import interleaved
-    from detectlab.violence.data import chunk_frames, read_frames
+    OpenCV loop on the same files, interleaved (ours, OpenCV, OpenCV one thread, ours, ...), median of `reps`
+    and the spread of the per-repetition speed-up (OpenCV time / our time, same repetition). Also how close the
+    frames are: mean |difference| over every frame of every file (from the last timed repetition's output)."""
+    import cv2
 
-    count = {}
+    from detectlab.core.bench import interleaved
+    from detectlab.violence.data import chunk_frames, decoder_threads, read_frames
+
+    count: dict = {}
+    last: dict = {}
 
     def ours():
-        count["ours"] = sum(len(chunk_frames(read_frames(f, size))) for f in files)
+        last["ours"] = [chunk_frames(read_frames(f, size)) for f in files]
+        count["ours"] = sum(len(c) for c in last["ours"])
 
     def peer():
-        count["peer"] = sum(len(_opencv_chunks(f, size)) for f in files)
+        last["peer"] = [_opencv_chunks(f, size) for f in files]
+        count["peer"] = sum(len(c) for c in last["peer"])
 
-    res = interleaved({"ours": ours, "peer": peer}, reps=reps, warmup=1, ratio=("ours", "peer"))
-    speed = sorted(1.0 / r for r in res["ratio"]["per_rep"])
-    diff = float(np.mean([np.abs(chunk_frames(read_frames(f, size)).astype(int) - _opencv_chunks(f, size)).mean()
-                          for f in files[:8]]))
+    def peer_1thread():
+        count["peer_1thread"] = sum(len(_opencv_chunks(f, size, threads=1)) for f in files)
+
+    res = interleaved({"ours": ours, "peer": peer, "peer_1thread": peer_1thread}, reps=reps, warmup=1,
+                      ratio=("ours", "peer"))
+    diffs, mismatched = [], 0
+    for a, b in zip(last["ours"], last["peer"]):
+        if a.shape != b.shape:
+            mismatched += 1
+            n = min(len(a), len(b))
+            a, b = a[:n], b[:n]
+        if len(a):
+            diffs.append(float(np.abs(a.astype(np.int16) - b).mean()))
     return {"clips": len(files), "chunks_ours": count["ours"], "chunks_opencv": count["peer"],
+            "chunks_opencv_1thread": count["peer_1thread"],
             "ours_chunks_per_s": count["ours"] / res["median"]["ours"],
             "opencv_chunks_per_s": count["peer"] / res["median"]["peer"],
-            "speedup": {"median": float(np.median(speed)), "min": speed[0], "max": speed[-1], "per_rep": speed},
-            "times": res["times"], "mean_abs_pixel_difference": diff, "reps": reps}
+            "opencv_1thread_chunks_per_s": count["peer_1thread"] / res["median"]["peer_1thread"],
+            "speedup": _speedup(res["times"], "ours", "peer"),
+            "speedup_1thread": _speedup(res["times"], "ours", "peer_1thread"),
+            "threads": {"ours_decoder": decoder_threads(), "opencv_default_decoder": _opencv_threads(files[0]),
+                        "opencv_default_cv2": cv2.getNumThreads()},
+            "times": res["times"], "mean_abs_pixel_difference": float(np.mean(diffs)) if diffs else float("nan"),
+            "max_clip_pixel_difference": max(diffs) if diffs else float("nan"),
+            "clips_with_other_chunk_count": mismatched, "reps": reps}
+
+
+def _opencv_threads(f: Path) -> int:
+    import cv2
+
+    cap = cv2.VideoCapture(str(f))
+    try:
+        return int(cap.get(cv2.CAP_PROP_N_THREADS))
+    finally:
+        cap.release()
 
 
 def _plain_client_inprocess():
@@ -493,11 +545,19 @@ def main(argv: list[str] | None = None) -> dict:
     res["decode"]["source"] = str(real if (full and real is not None) else "synthetic")
     if args.part == "decode":
         d = res["decode"]
-        print(f"decode chunks/s ({d['clips']} clips, {size}x{size}): ours {d['ours_chunks_per_s']:.1f}, OpenCV loop "
-              f"{d['opencv_chunks_per_s']:.1f}; speed-up {d['speedup']['median']:.3f} (median of {d['reps']} "
-              f"interleaved, spread {d['speedup']['min']:.3f}-{d['speedup']['max']:.3f}); frames differ by "
-              f"{d['mean_abs_pixel_difference']:.2f}/255 on average")
-        print(json.dumps({"decode_speedup": d["speedup"], "times": d["times"]}))
+        t, q = d["threads"], d["speedup_1thread"]
+        print(f"decode chunks/s ({d['clips']} clips, {size}x{size}): ours {d['ours_chunks_per_s']:.1f} "
+              f"({t['ours_decoder']} decoder thread(s)), OpenCV loop {d['opencv_chunks_per_s']:.1f} (its defaults: "
+              f"{t['opencv_default_decoder']} FFmpeg threads, {t['opencv_default_cv2']} cv2 threads); speed-up "
+              f"{d['speedup']['median']:.3f} (median of {d['reps']} interleaved, spread {d['speedup']['min']:.3f}-"
+              f"{d['speedup']['max']:.3f})")
+        print(f"equal threads: OpenCV loop at 1 thread {d['opencv_1thread_chunks_per_s']:.1f} chunks/s; speed-up "
+              f"{q['median']:.3f} (spread {q['min']:.3f}-{q['max']:.3f})")
+        print(f"frames differ by {d['mean_abs_pixel_difference']:.2f}/255 on average over all frames of "
+              f"{d['clips']} clips (worst clip {d['max_clip_pixel_difference']:.2f}); chunks ours {d['chunks_ours']}, "
+              f"OpenCV {d['chunks_opencv']}, clips with another chunk count {d['clips_with_other_chunk_count']}")
+        print(json.dumps({"decode_speedup": d["speedup"], "decode_speedup_1thread": q, "threads": t,
+                          "times": d["times"]}))
         return res
     res.update(federation(full, tmp, real, size, model_cfg))  # bytes and round time (fed)
     b, d, r = res["bytes"], res["decode"], res["round"]

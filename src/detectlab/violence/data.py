@@ -159,15 +159,41 @@ class VideoError(Exception):
     """A clip that cannot be used; the reason is one line."""
 
 
-def read_frames(path: Path, size: int, max_frames: int = 0) -> np.ndarray:
+#: FFmpeg frame threading is used only from this frame area up (it costs more than it gives on small clips)
+THREADED_FROM = 640 * 360
+
+
+def decoder_threads() -> int:
+    """Decoder threads per clip: ``DETECTLAB_THREADS`` when set (the run's thread budget), else all cores."""
+    raw = os.environ.get("DETECTLAB_THREADS", "").strip()
+    if not raw:
+        return max(1, os.cpu_count() or 1)
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise InputError("DETECTLAB_THREADS", f"is {raw!r}", "a whole number of threads >= 1")
+    return n
+
+
+def read_frames(path: Path, size: int, max_frames: int = 0, threads: int | None = None) -> np.ndarray:
     """Decode a clip to (T, size, size, 3) uint8 RGB. Raises VideoError for unreadable/changing clips.
 
-    Each frame is scaled straight to ``size x size`` by FFmpeg's swscale with area averaging (one C pass from
-    the decoder's YUV planes to small RGB; measured closest to OpenCV's INTER_AREA and ~1.8x less CPU than
-    ``VideoCapture.read`` + ``cvtColor`` + ``resize`` on the real clips, see benchmarks/bench_violence.py).
+    Each frame is scaled straight to ``size x size`` by FFmpeg's swscale with area averaging, one C pass from
+    the decoder's YUV planes to small RGB, through ONE reusable scaler per clip running in the calling thread
+    (``frame.reformat`` builds a new scaler, with its own thread pool, for every frame: about a quarter of the old
+    reader's CPU time on the real clips, plus thread hand-offs per frame that a loaded machine makes wait). The H.264 decoder runs with ``threads`` (default :func:`decoder_threads`) FFmpeg frame threads on
+    clips of at least 640x360 and one thread on smaller ones; ``DETECTLAB_THREADS=1`` makes the whole reader
+    single-threaded. Frames are the same whatever the thread count, and 1.55/255 (mean over every frame of the
+    252 real clips; worst clip 3.61) from ``VideoCapture.read`` + ``cvtColor`` + ``resize(INTER_AREA)``; on one
+    thread 2.28x that loop's speed at OpenCV's default threads and 1.97x at one thread (the real clips, interleaved:
+    benchmarks/bench_violence.py, docs/results/violence/bench-decode/).
     """
     import av
+    from av.video.reformatter import Interpolation, VideoReformatter
 
+    threads = decoder_threads() if threads is None else max(1, int(threads))
     frames = []
     first_shape = None
     try:
@@ -175,13 +201,13 @@ def read_frames(path: Path, size: int, max_frames: int = 0) -> np.ndarray:
             if not container.streams.video:
                 raise VideoError("no video stream")
             stream = container.streams.video[0]
-            # FFmpeg's frame threading doubles the frame rate on HD clips but costs more than it gives on
-            # small ones (measured: 8 largest real clips 100 vs 49 fps; small synthetic clips 10x slower)
             cc = stream.codec_context
-            if (cc.width or 0) * (cc.height or 0) >= 640 * 360:
-                stream.thread_type = "AUTO"
+            if threads > 1 and (cc.width or 0) * (cc.height or 0) >= THREADED_FROM:
+                stream.thread_type = "FRAME"
+                cc.thread_count = threads
             else:
                 cc.thread_count = 1
+            scaler = VideoReformatter()
             for frame in container.decode(stream):
                 shp = (frame.width, frame.height)
                 if first_shape is None:
@@ -189,8 +215,8 @@ def read_frames(path: Path, size: int, max_frames: int = 0) -> np.ndarray:
                 elif shp != first_shape:
                     raise VideoError(f"frame size changes mid-stream ({first_shape[0]}x{first_shape[1]} -> "
                                      f"{shp[0]}x{shp[1]})")
-                frames.append(frame.reformat(width=size, height=size, format="rgb24",
-                                             interpolation="AREA").to_ndarray())
+                frames.append(scaler.reformat(frame, width=size, height=size, format="rgb24",
+                                              interpolation=Interpolation.AREA, threads=1).to_ndarray())
                 if max_frames and len(frames) >= max_frames:
                     break
     except VideoError:
