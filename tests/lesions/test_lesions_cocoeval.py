@@ -190,7 +190,8 @@ def test_coco_ap_two_instances_in_one_image_keep_their_own_ids():
         r = coco_ap(gt, pred, kind)
         assert (r["ap"], r["ap50"], r["ap75"]) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
         fp = _square(100, 0, 20)
-        pred = [{"masks": np.stack([a, fp, b]), "boxes": np.array([[0, 0, 20, 20], [100, 0, 120, 20], [60, 60, 80, 80]]),
+        pred = [{"masks": np.stack([a, fp, b]),
+                 "boxes": np.array([[0, 0, 20, 20], [100, 0, 120, 20], [60, 60, 80, 80]]),
                  "scores": np.array([0.9, 0.85, 0.8])}]
         expected = (51 * 1.0 + 50 * 2 / 3) / 101
         assert coco_ap(gt, pred, kind)["ap50"] == pytest.approx(expected, abs=1e-6)
@@ -207,7 +208,8 @@ def test_coco_segm_ap_compares_masks_and_bbox_ap_compares_boxes():
     box = np.array([[10, 10, 50, 50]])
     gt = [{"masks": upper[None], "boxes": box}]
     pred = [{"masks": lower[None], "boxes": box, "scores": np.array([0.9])}]
-    assert coco_ap(gt, pred, "bbox") == {"ap": pytest.approx(1.0), "ap50": pytest.approx(1.0), "ap75": pytest.approx(1.0)}
+    one = pytest.approx(1.0)
+    assert coco_ap(gt, pred, "bbox") == {"ap": one, "ap50": one, "ap75": one}
     assert coco_ap(gt, pred, "segm") == {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}
     same = [{"masks": upper[None], "boxes": box, "scores": np.array([0.9])}]
     assert coco_ap(gt, same, "segm")["ap"] == pytest.approx(1.0)
@@ -232,7 +234,8 @@ def test_masks_stored_as_0_255_bytes_score_as_boolean_masks():
     a8, b8 = a.astype(np.uint8) * 255, b.astype(np.uint8) * 255
     assert mask_ious(np.stack([a8, b8]), np.stack([a8])) == pytest.approx(mask_ious(np.stack([a, b]), a[None]))
     assert mask_ious(b8[None], a8[None])[0, 0] == pytest.approx(50 / 150)
-    assert dice(a8, b8) == pytest.approx(0.5) and dice(a8, b) == pytest.approx(0.5) and dice(a, b8) == pytest.approx(0.5)
+    assert dice(a8, b8) == pytest.approx(0.5)
+    assert dice(a8, b) == pytest.approx(0.5) and dice(a, b8) == pytest.approx(0.5)
     r = dice_summary([a8, b8], [b8, np.zeros_like(a8)], ["v", "v"])
     assert r["pooled"] == pytest.approx(2 * 50 / 300) and r["per_volume"]["v"] == pytest.approx(2 * 50 / 300)
     assert r["mean_slice"] == pytest.approx((0.5 + 0.0) / 2)
