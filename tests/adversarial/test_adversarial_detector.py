@@ -96,8 +96,9 @@ def test_quantize_round_and_the_authors_floor():
     assert (to_uint8(t, "floor") != to_uint8(t, "round")).float().mean() > 0.3
     np.testing.assert_allclose(quantize(t, "round").numpy() * 255, np.rint(a.astype(np.float64) * 255), atol=1e-3)
     assert torch.equal(quantize(t, "none"), t)
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError) as e:
         quantize(t, "nearest")
+    assert str(e.value) == "unknown quantisation 'nearest' (one of round, floor, none)"
 
 
 def test_roc_auc_and_tpr_at_fpr():
@@ -188,10 +189,12 @@ def test_quantize_floor_is_float32_floor_and_keeps_the_dtype():
 
 def test_to_uint8_clamps_and_passes_bytes_through():
     """Catches values outside [0, 1] (an attack step before its clip) wrapping round in the uint8 cast
-    instead of saturating at 0 / 255, for both rules, and uint8 input being rescaled a second time."""
+    instead of saturating at 0 / 255, for both rules, a result that is not uint8, and uint8 input being
+    rescaled a second time."""
     t = torch.tensor([-0.3, -1e-4, 0.0, 1.0, 1.0 + 1e-4, 1.7])
-    assert to_uint8(t, "round").tolist() == [0, 0, 0, 255, 255, 255]
-    assert to_uint8(t, "floor").tolist() == [0, 0, 0, 255, 255, 255]
+    for mode in ("round", "floor", "none"):
+        out = to_uint8(t, mode)
+        assert out.dtype == torch.uint8 and out.tolist() == [0, 0, 0, 255, 255, 255]
     b = torch.tensor([0, 3, 200, 255], dtype=torch.uint8)
     assert to_uint8(b) is b and to_uint8(b, "floor") is b
 
@@ -278,16 +281,20 @@ def test_roc_edge_cases():
     than max_points."""
     assert np.isnan(roc_auc([], [1.0])) and np.isnan(roc_auc([1.0], []))
     assert roc_auc([0.0, 1.0], [1.0, 2.0]) == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    assert roc_auc([0.5], [1.0]) == 1.0 and roc_auc([0.5], [0.5, 0.2]) == 0.25  # one score on a side is enough
     neg = np.arange(100.0)
     assert 0.29 * 100 < 29
     assert threshold_at_fpr(neg, 0.29) == 70.0 and (neg > 70.0).sum() == 29
     assert threshold_at_fpr(neg, 1.0) == 0.0 and threshold_at_fpr(neg, 0.0) == 99.0
-    with pytest.raises(ValueError, match="no negative"):
+    with pytest.raises(ValueError, match="^no negative scores$"):
         threshold_at_fpr([], 0.1)
+    # by hand: scores 0..6, 9 points (0,0), t=6, 5, ..., 0, (1,1); thinned to 5 they are points 0, 2, 4, 6, 8
+    small = roc_curve(np.array([0.0, 1.0, 2.0]), np.array([3.0, 4.0, 5.0, 6.0]), max_points=5)
+    assert small == {"fpr": pytest.approx([0.0, 0.0, 0.0, 1 / 3, 1.0]), "tpr": [0.0, 0.25, 0.75, 1.0, 1.0]}
     rng = np.random.default_rng(0)
     neg, pos = rng.normal(0, 1, 2000), rng.normal(1, 1, 2000)
-    c = roc_curve(neg, pos, max_points=50)
-    assert len(c["fpr"]) == len(c["tpr"]) == 50
+    c = roc_curve(neg, pos, max_points=60)
+    assert len(c["fpr"]) == len(c["tpr"]) == 60
     assert (c["fpr"][0], c["tpr"][0], c["fpr"][-1], c["tpr"][-1]) == (0.0, 0.0, 1.0, 1.0)
     assert np.all(np.diff(c["fpr"]) >= 0) and np.all(np.diff(c["tpr"]) >= 0)
     full = roc_curve(neg, pos, max_points=10_000)
@@ -295,13 +302,13 @@ def test_roc_edge_cases():
     # the thinned points are points of the full curve, spread over it (not its first 50)
     pts = set(zip(full["fpr"], full["tpr"]))
     assert all(p in pts for p in zip(c["fpr"], c["tpr"]))
-    assert c["fpr"][25] == full["fpr"][round(25 * 4001 / 49)]
 
 
 def test_fit_statistics_rules_and_bad_input():
     """Catches the fit summary by hand (mean, sample sd, max, second max, 99th percentile; one image:
     sd 0 and second max = max), the chosen rule not kept, a training image at the threshold flagged
-    (> not >=), and the bad inputs: no images, an unknown rule, NaN pixels."""
+    (> not >=), two images given sd 0, the report's key, and the bad-input lines: no images, an unknown
+    rule, NaN pixels, detect before fit."""
     noise = torch.randint(0, 256, (500, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
     s = statistic_fast(noise).double().numpy()
     det = SteganalysisDetector().fit(noise, rule="q0.999")
@@ -313,15 +320,48 @@ def test_fit_statistics_rules_and_bad_input():
     assert fs["threshold_max"] == s.max() and fs["threshold_q0.999"] == np.sort(s)[-1]  # floor(0.5) = 0 above
     _, flagged = SteganalysisDetector().fit(noise).detect(noise)
     assert flagged.sum() == 0  # the max itself is not above the max
+    two = SteganalysisDetector().fit(noise[:2])
+    assert two.fit_stats["sd"] == pytest.approx(abs(s[0] - s[1]) / np.sqrt(2), rel=1e-9)
+    report, flagged = two.detect(noise[:3])
+    assert list(report) == ["statistic"] and np.array_equal(report["statistic"].numpy(), s[:3].astype(np.float32))
     one = SteganalysisDetector().fit(noise[:1])
     assert one.fit_stats["sd"] == 0.0 and one.fit_stats["second_max"] == one.fit_stats["max"] == float(s[0])
     thr = SteganalysisDetector(threshold=float(np.sort(s)[-3]))
     assert int(thr.detect(noise)[1].sum()) == 2
-    with pytest.raises(InputError, match="no training images"):
+    with pytest.raises(InputError) as e:
         SteganalysisDetector().fit(noise[:0])
-    with pytest.raises(ValueError, match="unknown threshold rule"):
+    assert str(e.value) == "detector.fit: no training images"
+    with pytest.raises(ValueError) as e:
         SteganalysisDetector().fit(noise, rule="q0.95")
+    assert str(e.value) == "unknown threshold rule 'q0.95' (one of max, q0.9999, q0.999)"
     bad = noise[:3].float() / 255
     bad[1, 2, 2] = float("nan")
-    with pytest.raises(InputError, match="non-finite"):
+    with pytest.raises(InputError) as e:
         SteganalysisDetector().fit(bad)
+    assert str(e.value) == "detector.fit: training images give a non-finite statistic (NaN in the images?)"
+    with pytest.raises(RuntimeError, match="^detector is not fitted: call fit\\(\\) or set threshold$"):
+        SteganalysisDetector().detect(noise)
+
+
+def test_round_is_the_default_rule():
+    """Catches a default quantisation other than the documented 'round' (nearest 8-bit level) in quantize and
+    to_uint8: x = 0.7/255 rounds to level 1 and floors to 0."""
+    x = torch.tensor([0.7 / 255, 254.6 / 255], dtype=torch.float64)
+    assert quantize(x).tolist() == [1 / 255, 1.0] and to_uint8(x).tolist() == [1, 255]
+
+
+def test_interior_mask_built_fresh_is_the_interior(images, monkeypatch):
+    """Catches a wrong interior mask (border rows/columns scored, interior pixels dropped, weights other than
+    0/1) and a broken cache. The mask is cached per image size, so this test empties the cache first:
+    otherwise a mask built by an earlier test would hide a fault in building it."""
+    import detectlab.adversarial.detector as d
+
+    monkeypatch.setattr(d, "_MASKS", {})
+    m = d._interior_mask(4, 5)
+    want = torch.zeros(4, 5)
+    want[1:3, 1:4] = 1.0
+    assert m.shape == (20,) and torch.equal(m, want.reshape(-1))
+    assert d._interior_mask(4, 5) is m and list(d._MASKS) == [(4, 5)]
+    monkeypatch.setattr(d, "_MASKS", {})
+    u8 = torch.from_numpy(images)
+    np.testing.assert_allclose(statistic_fast(u8).numpy(), statistic(u8.double() / 255).numpy(), rtol=2e-5)
