@@ -297,3 +297,31 @@ def test_partition_and_validation_are_reproducible_from_the_seed():
     v1 = P.split_validation(np.arange(24), g, np.ones(24), 0.3, seed=3)[1]
     v2 = P.split_validation(np.arange(24), g, np.ones(24), 0.3, seed=3)[1]
     assert v1.tolist() == v2.tolist()
+
+
+class _Bomb:
+    """Pickled into a partition file: unpickling it would call _explode (code run from a data file)."""
+
+    def __reduce__(self):
+        return (_explode, ())
+
+
+_EXPLODED = []
+
+
+def _explode():
+    _EXPLODED.append(True)
+    return 2
+
+
+def test_partition_file_is_read_without_unpickling(tmp_path):
+    """Fault caught: load_client reading the partition file with allow_pickle=True, which runs whatever a
+    pickled object array in it says (the house rule: never unpickle). A file whose n_clients is a pickled
+    object must be refused before anything in it is run."""
+    pf = tmp_path / "evil.npz"
+    bomb = np.empty((), dtype=object)
+    bomb[()] = _Bomb()
+    np.savez(pf, n_clients=bomb, frames_file=np.asarray("f.npy"))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        P.load_client(pf, 0)
+    assert _EXPLODED == []
