@@ -159,3 +159,130 @@ def test_dice_and_summary():
     assert empty["pooled"] == 1.0 and empty["mean_volume"] == 1.0
     none = dice_summary([], [], [])
     assert none["pooled"] == 1.0 and np.isnan(none["mean_slice"]) and np.isnan(none["mean_volume"])
+
+
+# ------------------------------------------------------------------ faults found by mutation testing
+
+
+def test_coco_bbox_ap_uses_box_widths_from_corners_off_the_origin():
+    """Catches a wrong x1y1x2y2 -> xywh conversion (width x2 + x1 or height y2 + y1): the boxes of the
+    other tests start where the error happens not to move an IoU across a threshold. Here the ground-truth
+    box starts at x=40 (y=40) and the prediction is shifted by half its width: box IoU 1/3, so AP@.5 = 0;
+    with the width taken as x2 + x1 the two boxes would overlap by 85 / 105."""
+    m = np.zeros((1, 128, 128), bool)
+    for gt_box, pred_box in (([40, 0, 50, 10], [45, 0, 55, 10]), ([0, 40, 10, 50], [0, 45, 10, 55])):
+        gt = [{"masks": m, "boxes": np.array([gt_box])}]
+        pred = [{"masks": m, "boxes": np.array([pred_box]), "scores": np.array([0.9])}]
+        assert coco_ap(gt, pred, "bbox")["ap50"] == 0.0
+
+
+def test_coco_ap_two_instances_in_one_image_keep_their_own_ids():
+    """Catches annotation ids that are not unique (every instance given id 1): pycocotools indexes the
+    ground truth by id, so both instances would read back as the last one and the prediction that finds
+    the first instance would count as a false positive. Two instances, two exact predictions: AP 1; a
+    third prediction on nothing ranked between them gives precision 2/3 at recall 1 -> AP@.5 = 5/6
+    (101-point interpolation: recall <= 1/2 at precision 1, above it 2/3)."""
+    a, b = _square(0, 0, 20), _square(60, 60, 20)
+    boxes = np.array([[0, 0, 20, 20], [60, 60, 80, 80]])
+    gt = [{"masks": np.stack([a, b]), "boxes": boxes}]
+    for kind in ("segm", "bbox"):
+        pred = [{"masks": np.stack([a, b]), "boxes": boxes, "scores": np.array([0.9, 0.8])}]
+        r = coco_ap(gt, pred, kind)
+        assert (r["ap"], r["ap50"], r["ap75"]) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
+        fp = _square(100, 0, 20)
+        pred = [{"masks": np.stack([a, fp, b]),
+                 "boxes": np.array([[0, 0, 20, 20], [100, 0, 120, 20], [60, 60, 80, 80]]),
+                 "scores": np.array([0.9, 0.85, 0.8])}]
+        expected = (51 * 1.0 + 50 * 2 / 3) / 101
+        assert coco_ap(gt, pred, kind)["ap50"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_coco_segm_ap_compares_masks_and_bbox_ap_compares_boxes():
+    """Catches the mask AP computed from the boxes (a prediction without its RLE, which pycocotools turns
+    into the box polygon) and the box AP computed from the masks (COCOeval left on its default 'segm').
+    The squares of the other tests are their own boxes, so neither fault shows there. Here the two shapes
+    share the same box but are two opposite triangles: box IoU 1, mask IoU 0."""
+    yy, xx = np.mgrid[:64, :64]
+    inside = (xx >= 10) & (xx < 50) & (yy >= 10) & (yy < 50)
+    upper, lower = inside & (xx > yy), inside & (xx < yy)
+    box = np.array([[10, 10, 50, 50]])
+    gt = [{"masks": upper[None], "boxes": box}]
+    pred = [{"masks": lower[None], "boxes": box, "scores": np.array([0.9])}]
+    one = pytest.approx(1.0)
+    assert coco_ap(gt, pred, "bbox") == {"ap": one, "ap50": one, "ap75": one}
+    assert coco_ap(gt, pred, "segm") == {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}
+    same = [{"masks": upper[None], "boxes": box, "scores": np.array([0.9])}]
+    assert coco_ap(gt, same, "segm")["ap"] == pytest.approx(1.0)
+
+
+def test_coco_ap_empty_cases_fill_every_key():
+    """Catches a misspelt or wrong key in the early returns (no ground truth: NaN in all three; no
+    prediction: 0 in all three), which the tables read by name."""
+    gt, pred = _case(0)
+    empty = [{"masks": np.zeros((0, 128, 128), bool), "boxes": np.zeros((0, 4)), "scores": np.zeros(0)}]
+    assert coco_ap(gt, empty) == {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}
+    no_gt = [{"masks": np.zeros((0, 128, 128), bool), "boxes": np.zeros((0, 4)), "size": (128, 128)}]
+    r = coco_ap(no_gt, pred)
+    assert sorted(r) == ["ap", "ap50", "ap75"] and all(np.isnan(v) for v in r.values())
+
+
+def test_masks_stored_as_0_255_bytes_score_as_boolean_masks():
+    """Catches a mask not read as boolean: masks read from PNG files are uint8 0/255. Without the bool
+    cast the IoU would weigh a shared pixel 255² and the Dice sums would count 255 per pixel. (coco_ap
+    needs no such test: pycocotools' RLE encoder treats any non-zero byte as foreground.)"""
+    a, b = _sq(0, 0), _sq(5, 0)
+    a8, b8 = a.astype(np.uint8) * 255, b.astype(np.uint8) * 255
+    assert mask_ious(np.stack([a8, b8]), np.stack([a8])) == pytest.approx(mask_ious(np.stack([a, b]), a[None]))
+    assert mask_ious(b8[None], a8[None])[0, 0] == pytest.approx(50 / 150)
+    assert dice(a8, b8) == pytest.approx(0.5)
+    assert dice(a8, b) == pytest.approx(0.5) and dice(a, b8) == pytest.approx(0.5)
+    r = dice_summary([a8, b8], [b8, np.zeros_like(a8)], ["v", "v"])
+    assert r["pooled"] == pytest.approx(2 * 50 / 300) and r["per_volume"]["v"] == pytest.approx(2 * 50 / 300)
+    assert r["mean_slice"] == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_single_pixel_instances_have_iou_one():
+    """Catches the union guard written as union > 1 (a one-pixel lesion found exactly would get IoU 0)
+    or the divisor floor raised to about 1 (IoU 1 - 1e-12, which misses an IoU threshold of 1)."""
+    m = np.zeros((1, 5, 5), bool)
+    m[0, 2, 2] = True
+    assert mask_ious(m, m)[0, 0] == 1.0
+    two = np.zeros((1, 5, 5), bool)
+    two[0, 2, 2:4] = True
+    assert mask_ious(m, two)[0, 0] == 0.5
+    assert image_ap(m, m, np.array([0.9]), 0.95) == 1.0
+
+
+def test_image_ap_instance_takes_its_best_overlap_not_the_first_candidate():
+    """Catches each instance taking the first (highest-ranked) prediction above the IoU threshold instead
+    of its best-overlapping one: p1 (score 0.9, IoU 0.6) ranks before p2 (score 0.8, IoU 0.9); the
+    authors' matching gives the instance p2, so p1 is a false positive ranked first: AP 1/2 (taking p1
+    would give AP 1)."""
+    gt = _strip(0, 10)[None]
+    p1, p2 = _strip(0, 6), _strip(0, 9)  # IoU 6/10 and 9/10
+    assert image_ap(gt, np.stack([p1, p2]), np.array([0.9, 0.8]), 0.5) == pytest.approx(0.5)
+    assert image_ap(gt, np.stack([p2, p1]), np.array([0.9, 0.8]), 0.5) == pytest.approx(1.0)
+
+
+def test_image_ap_ties_in_score_keep_the_input_order():
+    """Catches an unstable sort of the scores: with tied scores the AP would depend on numpy's sort
+    algorithm (its quicksort reorders ties among 20 predictions). Ties are ranked in input order: the
+    true positive listed first among 20 equal scores gives AP 1, listed last AP 1/20."""
+    g = _sq(0, 0)[None]
+    fps = [_sq(25, 25, 5) for _ in range(19)]
+    ties = np.full(20, 0.5)
+    assert image_ap(g, np.stack([g[0]] + fps), ties) == pytest.approx(1.0)
+    assert image_ap(g, np.stack(fps + [g[0]]), ties) == pytest.approx(1 / 20)
+    # tied and untied scores mixed: order among each tie group is the input order
+    mixed = np.array([0.9, 0.5] * 10)
+    masks = np.stack(fps[:1] + [g[0]] + fps[1:])  # the true positive is the first of the 0.5 group
+    assert image_ap(g, masks, mixed) == pytest.approx(1 / 11)
+
+
+def test_per_image_ap_ranks_by_the_given_scores():
+    """Catches per_image_ap not passing the scores on: a false positive scored above the true positive
+    costs precision (AP 1/2), scored below it costs nothing (AP 1)."""
+    a = _sq(0, 0)
+    masks = np.stack([_sq(25, 25), a])
+    assert per_image_ap([{"masks": a[None]}], [{"masks": masks, "scores": np.array([0.9, 0.1])}])["ap50"] == 0.5
+    assert per_image_ap([{"masks": a[None]}], [{"masks": masks, "scores": np.array([0.1, 0.9])}])["ap50"] == 1.0

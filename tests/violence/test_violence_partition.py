@@ -216,3 +216,112 @@ def test_node_folder_split_by_test_txt_and_sources(tmp_path, site):
     assert i2["split"].startswith("grouped") and len(d2.test) == 4 and len(d2.val) == 0 and len(d2.train) == 12
     assert len(set(d2.test.group)) == 1 and not set(d2.test.group) & set(d2.train.group)
     assert i2["fingerprint"] != info["fingerprint"]
+
+
+# ------------------------------------------------------------------ faults found by mutation testing
+
+
+def test_split_validation_skips_a_source_too_big_and_tries_the_next():
+    """Fault caught: the greedy fill stopping at the first source that would overshoot the validation share
+    (`break` for `continue`), which leaves validation smaller than it could be. Seed 0 visits the sources
+    in the order s2, s3, s1 (s0 always stays): s2 (1 chunk) goes, s3 (10 of 22 chunks) would pass the 20 %
+    share and is skipped, s1 (1 chunk) still fits and goes."""
+    assert np.random.default_rng(0 + 104729).permutation(4).tolist() == [2, 3, 1, 0]
+    groups = np.array(["s0", "s1", "s2", "s3"])
+    weights = np.array([10.0, 1.0, 1.0, 10.0])
+    tr, va = P.split_validation(np.arange(4), groups, weights, 0.2, seed=0)
+    assert va.tolist() == [1, 2] and tr.tolist() == [0, 3]
+
+
+def test_deal_midpoints_on_and_near_an_edge():
+    """Fault caught: an item whose weight midpoint lies exactly on a client edge given to the earlier client
+    (the intervals are [edge_k, edge_k+1), searchsorted side='right'), the midpoint taken at another point
+    of the item than its middle (w/3), and a single item dropped."""
+    assert P.deal([1, 1], np.array([0.25, 0.75])).tolist() == [1, 1]  # midpoints 0.25 (on the edge), 0.75
+    assert P.deal([1, 1, 1, 1], np.array([0.375, 0.625])).tolist() == [0, 1, 1, 1]  # 0.375 on the edge
+    assert P.deal([1, 1], np.array([0.3, 0.7])).tolist() == [0, 1]  # midpoint 0.25 < 0.3 (w/3 would give 0.33)
+    assert P.deal([5], np.array([0.6, 0.4])).tolist() == [0]
+    assert P.deal([5], np.array([0.4, 0.6])).tolist() == [1]
+
+
+def test_bad_settings_name_the_setting_and_what_is_allowed():
+    """Fault caught: an error line that loses the setting it is about, what is wrong, or what is allowed (the
+    house rule for bad input: one line naming all three)."""
+    with pytest.raises(InputError) as e:
+        P.n_clients_of("nope", 2)
+    assert str(e.value) == ("experiment 'nope': unknown experiment "
+                            "(expected one of balanced2, imbalanced3, combined4, dirichlet, iid)")
+    with pytest.raises(InputError) as e:
+        P.n_clients_of("iid", 0)
+    assert str(e.value) == "experiment 'iid': needs clients >= 1, got 0"
+    labels, groups, chunks = _meta(n_groups=4, clips=2)
+    with pytest.raises(InputError) as e:
+        P.make_partition(labels, groups, chunks, "iid", clients=20, seed=0)
+    assert str(e.value).startswith("experiment 'iid': client ") and str(e.value).endswith(
+        " gets no training clip from 8 clips (expected more clips, or fewer clients)")
+
+
+def test_partition_file_edges(tmp_path):
+    """Fault caught: partition-id == n_clients accepted (a KeyError deep in numpy instead of one line naming
+    the range), the out-of-range line without the file or the valid range, a clip's parent index not read
+    back from the file, and a partition file in a folder that does not exist yet not written."""
+    frames = np.arange(60, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    table = {"start": [0, 20, 40], "length": [20, 20, 20], "label": [1, 0, 1], "group": ["a", "b", "c"],
+             "parent": [7, 5, 9]}
+    pf = P.save_partition(tmp_path / "new" / "deeper" / "p.npz", str(tmp_path / "frames.npy"), table,
+                          [np.array([0, 2]), np.array([1])], [np.array([], int)] * 2, [np.array([1]), np.array([0])])
+    assert pf.exists()
+    d0 = P.load_client(pf, 0)
+    assert d0.train.parent.tolist() == [7, 9] and d0.test.parent.tolist() == [5]
+    with pytest.raises(InputError) as e:
+        P.load_client(pf, 2)
+    assert str(e.value) == f"{pf}: partition-id 2 out of range (expected 0..1)"
+    P.forget(pf)
+
+
+def test_partition_and_validation_are_reproducible_from_the_seed():
+    """Fault caught: a seed not passed on (the holdout, the Dirichlet draw or the validation order drawn
+    from fresh entropy), so that a rerun of the same seed gives another partition; and the Dirichlet client
+    shares not those of target_fractions for that seed."""
+    labels, groups, chunks = _meta(n_groups=60)
+    a = P.make_partition(labels, groups, chunks, "dirichlet", clients=3, alpha=1.0, seed=5)
+    b = P.make_partition(labels, groups, chunks, "dirichlet", clients=3, alpha=1.0, seed=5)
+    assert all(np.array_equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1]))
+    want = P.target_fractions("dirichlet", 3, 1.0, 5)
+    assert not np.allclose(want, P.target_fractions("dirichlet", 3, 1.0, 0), atol=0.1)
+    for c in (0, 1):
+        got = np.array([chunks[t][labels[t] == c].sum() for t in a[0]], float)
+        assert np.allclose(got / got.sum(), want[c], atol=0.05)
+    g = np.repeat([f"s{i}" for i in range(12)], 2)
+    v1 = P.split_validation(np.arange(24), g, np.ones(24), 0.3, seed=3)[1]
+    v2 = P.split_validation(np.arange(24), g, np.ones(24), 0.3, seed=3)[1]
+    assert v1.tolist() == v2.tolist()
+
+
+class _Bomb:
+    """Pickled into a partition file: unpickling it would call _explode (code run from a data file)."""
+
+    def __reduce__(self):
+        return (_explode, ())
+
+
+_EXPLODED = []
+
+
+def _explode():
+    _EXPLODED.append(True)
+    return 2
+
+
+def test_partition_file_is_read_without_unpickling(tmp_path):
+    """Fault caught: load_client reading the partition file with allow_pickle=True, which runs whatever a
+    pickled object array in it says (the house rule: never unpickle). A file whose n_clients is a pickled
+    object must be refused before anything in it is run."""
+    pf = tmp_path / "evil.npz"
+    bomb = np.empty((), dtype=object)
+    bomb[()] = _Bomb()
+    np.savez(pf, n_clients=bomb, frames_file=np.asarray("f.npy"))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        P.load_client(pf, 0)
+    assert _EXPLODED == []
