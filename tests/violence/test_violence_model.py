@@ -103,6 +103,25 @@ def test_hessian_free_passes_share_their_dropout_masks():
     assert all(torch.equal(p, p0) for p, p0 in zip(params, [p.detach().clone() for p in params]))
 
 
+def _hand_meta_step(m, batches, alpha):
+    """By hand, with the dropout masks the tested step draws (seed 123, one pass per batch in order): the
+    starting weights w0, the inner step w_tmp, the outer gradient g2 at w_tmp, and the exact Hessian-vector
+    product H(w0; batch 3) g2; returns them and the RNG state to replay."""
+    w0 = {n: p.detach().clone().requires_grad_(True) for n, p in m.named_parameters()}
+
+    def loss_at(ws, b):
+        return nn.functional.cross_entropy(torch.func.functional_call(m, ws, (b[0],)), b[1])
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    g1 = torch.autograd.grad(loss_at(w0, batches[0]), list(w0.values()))
+    w_tmp = {n: (w - alpha * g).detach().requires_grad_(True) for (n, w), g in zip(w0.items(), g1)}
+    g2 = torch.autograd.grad(loss_at(w_tmp, batches[1]), list(w_tmp.values()))
+    gw = torch.autograd.grad(loss_at(w0, batches[2]), list(w0.values()), create_graph=True)
+    hv = torch.autograd.grad(sum((a * b).sum() for a, b in zip(gw, g2)), list(w0.values()))
+    return w0, w_tmp, g2, hv, state
+
+
 @pytest.mark.parametrize("variant", ["fo", "hf"])
 def test_perfedavg_step_matches_hand_computation(variant):
     """Fault caught: the meta-step not restoring the pre-step weights before the outer update (it would apply
@@ -114,20 +133,8 @@ def test_perfedavg_step_matches_hand_computation(variant):
     batches = [(torch.randn(8, 6), torch.randint(0, 2, (8,))) for _ in range(3)]
     it = iter(batches)
     alpha, beta = 0.1, 0.05
-    w0 = {n: p.detach().clone().requires_grad_(True) for n, p in m.named_parameters()}
-
-    def loss_at(ws, b):
-        return nn.functional.cross_entropy(torch.func.functional_call(m, ws, (b[0],)), b[1])
-
-    torch.manual_seed(123)
-    state = torch.get_rng_state()
-    g1 = torch.autograd.grad(loss_at(w0, batches[0]), list(w0.values()))
-    w_tmp = {n: w - alpha * g for (n, w), g in zip(w0.items(), g1)}
-    w_tmp = {n: w.detach().requires_grad_(True) for n, w in w_tmp.items()}
-    g2 = torch.autograd.grad(loss_at(w_tmp, batches[1]), list(w_tmp.values()))
+    w0, w_tmp, g2, hv, state = _hand_meta_step(m, batches, alpha)
     if variant == "hf":  # exact Hessian-vector product H(w0; D'') g2 with the mask of the third pass
-        gw = torch.autograd.grad(loss_at(w0, batches[2]), list(w0.values()), create_graph=True)
-        hv = torch.autograd.grad(sum((a * b).sum() for a, b in zip(gw, g2)), list(w0.values()))
         update = [g - alpha * h for g, h in zip(g2, hv)]
     else:
         update = list(g2)
@@ -149,18 +156,7 @@ def test_hessian_free_correction_is_bounded():
     names = [n for n, _ in m.named_parameters()]
     batches = [(torch.randn(8, 6), torch.randint(0, 2, (8,))) for _ in range(3)]
     alpha, beta = 20.0, 0.05
-    w0 = {n: p.detach().clone().requires_grad_(True) for n, p in m.named_parameters()}
-
-    def loss_at(ws, b):
-        return nn.functional.cross_entropy(torch.func.functional_call(m, ws, (b[0],)), b[1])
-
-    torch.manual_seed(123)
-    state = torch.get_rng_state()
-    g1 = torch.autograd.grad(loss_at(w0, batches[0]), list(w0.values()))
-    w_tmp = {n: (w - alpha * g).detach().requires_grad_(True) for (n, w), g in zip(w0.items(), g1)}
-    g2 = torch.autograd.grad(loss_at(w_tmp, batches[1]), list(w_tmp.values()))
-    gw = torch.autograd.grad(loss_at(w0, batches[2]), list(w0.values()), create_graph=True)
-    hv = torch.autograd.grad(sum((a * b).sum() for a, b in zip(gw, g2)), list(w0.values()))
+    w0, _, g2, hv, state = _hand_meta_step(m, batches, alpha)
     g_norm = sum(float((g ** 2).sum()) for g in g2) ** 0.5
     c_norm = alpha * sum(float((h ** 2).sum()) for h in hv) ** 0.5
     assert c_norm > 3 * g_norm  # the case the bound is for
