@@ -170,6 +170,37 @@ def test_threshold_aware_choice_prefers_the_model_that_separates_the_clips(monke
     assert out["selected-round"] == 1
 
 
+def test_final_round_scores_the_test_clips_once_when_its_model_is_the_reported_one(monkeypatch):
+    """Fault caught (cost): the last round evaluating the test clips twice with the same weights when the
+    current model is the reported one (select=last, or the best validation round is this one): one redundant
+    pass over every client's test set per strategy. And the reuse must not leak into the other case: when an
+    earlier round was better, the reported scores are those of the restored model, not this round's."""
+    data = _data()
+    m = _tiny_model()
+    calls = []
+    real = task.evaluate
+
+    def counting(model, clips, *a, **k):
+        calls.append("test" if clips is data.test else "val")
+        return real(model, clips, *a, **k)
+
+    monkeypatch.setattr(task, "evaluate", counting)
+    spec = dict(SPEC, strategy="fedper", select="last")
+    out, _ = task.evaluate_round(m, data, spec, {}, 1, True, np.random.default_rng(0))
+    assert calls.count("test") == 1 and out["final-acc"] == out["test-acc"] and out["selected-round"] == 1
+    calls.clear()
+    out, _ = task.evaluate_round(m, data, dict(spec, select="best_val"), {}, 1, True, np.random.default_rng(0))
+    assert calls.count("test") == 1 and out["selected-round"] == 1 and out["final-loss"] == out["test-loss"]
+    # round 1 best, round 2 much worse: the final scores come from a second pass with round 1's weights
+    spec = dict(spec, select="best_val")
+    _, st = task.evaluate_round(m, data, spec, {}, 1, False, np.random.default_rng(0))
+    with torch.no_grad():
+        m.head.fc3.bias.copy_(torch.tensor([50.0, -50.0]) * (1 if data.val.label[0] == 1 else -1))
+    calls.clear()
+    out, _ = task.evaluate_round(m, data, spec, st, 2, True, np.random.default_rng(0))
+    assert out["selected-round"] == 1 and calls.count("test") == 2 and out["final-loss"] != out["test-loss"]
+
+
 def test_float_noise_in_validation_auc_does_not_decide_the_choice():
     """Fault caught: an AUC higher by 1e-16 (float noise of the same ranking) keeping the earlier model although
     the tie-break (lower loss) prefers the later one."""

@@ -510,6 +510,7 @@ def evaluate_round(model: nn.Module, data: ClientData, spec: dict, state: dict[s
             state.update(_best_state(model))
             state["best_val_score"] = torch.tensor(score, dtype=torch.float64)
             state["best_round"] = torch.tensor(int(rnd))
+    t = None
     if spec.get("eval_test_every_round", True) or final:
         t = evaluate(model, data.test, stride, crop=crop)
         out.update({"test-loss": t["loss"], "test-acc": t["accuracy"], "test-clip-bacc": t["clip"]["balanced_accuracy"],
@@ -519,7 +520,8 @@ def evaluate_round(model: nn.Module, data: ClientData, spec: dict, state: dict[s
             out["selected-round"] = int(state["best_round"])
         else:
             out["selected-round"] = int(rnd)
-        t = evaluate(model, data.test, stride, crop=crop)
+        if t is None or out["selected-round"] != int(rnd):  # this round's model is the reported one: its test
+            t = evaluate(model, data.test, stride, crop=crop)  # scores above are already the final ones
         out.update({"final-loss": t["loss"], "final-acc": t["accuracy"],
                     "test-scores": [float(x) for x in t["scores"]], "test-labels": [int(x) for x in t["labels"]],
                     "test-clips": [int(data.test.parent[c]) for c in t["clips"]]})
