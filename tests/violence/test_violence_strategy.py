@@ -590,8 +590,8 @@ def test_robust_option_holds_accuracy_under_attack(partition, tmp_path):
 def _toy_app(msg, ctx):
     """A ClientApp without a model. Census: partition-id, ``known`` (n_train), fingerprint. Train: w + ``step``
     with ``claim`` examples (``mode=nan``: NaN weights). Evaluate: ``n_test``/``loss``/``acc`` plus a
-    validation score and a list, and the personal model when asked to export. ``mode=raise`` fails every
-    train/evaluate message, ``mode=qraise`` the census too."""
+    validation score and a list, and the personal model when asked to export (``mode=nometrics``: an empty
+    evaluate reply). ``mode=raise`` fails every train/evaluate message, ``mode=qraise`` the census too."""
     nc = ctx.node_config
     pid, mode = int(nc["partition-id"]), nc.get("mode", "")
     mtype = msg.metadata.message_type
@@ -609,6 +609,8 @@ def _toy_app(msg, ctx):
             new = new * np.float32(np.nan)
         return Message(_reply_content({"w": new}, **{"num-examples": int(nc.get("claim", 10)), "partition-id": pid}),
                        reply_to=msg)
+    if mode == "nometrics":
+        return Message(RecordDict({}), reply_to=msg)
     mr = MetricRecord({"num-examples": int(nc.get("n_test", 10)), "eval-loss": float(nc.get("loss", 1.0)),
                        "eval-acc": float(nc.get("acc", 0.5)), "partition-id": pid, "val-auc": 0.7,
                        "scores": [0.1, 0.2]})
@@ -702,7 +704,8 @@ def test_sampling_is_pinned_to_the_seed():
 def test_census_by_hand_errors_and_takeover():
     """Catches: a failed census reply in the first census passed over (or a later one stopping the run), a
     partition id outside 0..n-1 accepted, a restarted node (new id) not taking over its partition, a
-    silent node kept in the node map, and the round record clobbered by a mid-run census."""
+    silent node kept in the node map, the round's spec not sent to a newcomer's census, and the round record
+    clobbered by a mid-run census."""
     from detectlab.violence.strategy import FederationError
 
     cfg = ConfigRecord({"spec": "{}"})
@@ -723,9 +726,15 @@ def test_census_by_hand_errors_and_takeover():
                                     1: {"partition": 1, "n_train": 12, "fingerprint": "a"}}
     assert s.node_pid == {n0: 0, n1: 1}
     new = g.restart(n1, same_id=False)  # the old id goes offline, a new one serves partition 1
+    msgs = s.configure_train(2, W0, ConfigRecord({"spec": '{"k": 1}'}), g)
+    assert [m.metadata.dst_node_id for m in msgs] == [n0, new] and s.node_pid == {n0: 0, new: 1}
+    query = [m for m in g.sent if m.metadata.message_type == MessageType.QUERY][-1]
+    assert query.metadata.dst_node_id == new and str(query.content["config"]["spec"]) == '{"k": 1}'
+    new2 = g.restart(new, same_id=False)
     s._cur = {"round": 7, "missing": []}
-    assert s._nodes_for_round(g, 2) == {0: n0, 1: new}
-    assert s.node_pid == {n0: 0, new: 1} and s._cur == {"round": 7, "missing": []}
+    assert s._nodes_for_round(g, 3) == {0: n0, 1: new2}
+    assert s.node_pid == {n0: 0, new2: 1} and s._cur == {"round": 7, "missing": []}
+    new = new2
     bad = g.add_node({"partition-id": 1, "mode": "qraise"})  # a failing newcomer mid-run is left out, no stop
     assert s.run_census(g, cfg, [bad]) == {} and bad not in s.node_pid
     g.silent.add(new)
@@ -733,8 +742,8 @@ def test_census_by_hand_errors_and_takeover():
 
 
 def test_exchange_by_hand():
-    """Catches: an empty exchange that pushes or waits, and a missing reply recorded without its phase,
-    node and partition."""
+    """Catches: an empty exchange that pushes or waits, a missing reply recorded without its phase, node and
+    partition, and the SuperLink's error reply for a dead node (from node 0) not traced to that node."""
     g, s = _toy([{}, {}])
     n0, n1 = sorted(g.nodes)
     s.node_pid = {n0: 0, n1: 1}
@@ -745,6 +754,10 @@ def test_exchange_by_hand():
     got = s.exchange(g, msgs, "evaluate")
     assert [s.node_of(m) for m in got] == [n0]
     assert s._cur["missing"] == [{"phase": "evaluate", "node": n1, "partition": 1, "reason": "no reply within 0.3 s"}]
+    g.silent.clear()
+    g.unavailable.add(n1)  # the SuperLink answers for it, from node 0
+    got = s.exchange(g, s._messages([n1], W0, ConfigRecord({"export": False}), MessageType.EVALUATE, "eval"), "x")
+    assert got[0].metadata.src_node_id == 0 and s.node_of(got[0]) == n1
 
 
 def _round_one(g, s, rnd=1):
@@ -758,7 +771,8 @@ def test_aggregate_train_by_hand():
     says 20: the mean must be (10 x 1 + 20 x 4) / 30 = 3), a failed client recorded wrongly, the per-client
     record (claimed, loss, head-from, weight, bytes) wrong, head rounds moved for a client not kept, a second
     update of the same partition averaged in, and the round number missing from the messages."""
-    g, s = _toy([{"known": 10, "claim": 10}, {"known": 20, "claim": 1000, "step": 4.0}, {"mode": "raise"}])
+    g, s = _toy([{"known": 10, "claim": 10}, {"known": 20, "claim": 1000, "step": 4.0}, {"mode": "raise"}],
+                min_clients=2)  # exactly two usable updates: enough
     n0, n1, n2 = sorted(g.nodes)
     replies = _round_one(g, s)
     assert [int(m.content["config"]["server-round"]) for m in g.sent[-3:]] == [1, 1, 1]
@@ -810,19 +824,20 @@ def test_aggregate_evaluate_by_hand():
     """Catches: accuracy or loss not weighted by each client's test count, extra client metrics (validation
     scores, lists) dropped, the personal models of the last round not kept, bytes summed wrongly over
     directions and phases, the export flag sent before the last round, an offline node messaged, and the
-    round record not handed to on_round."""
+    round record not handed to on_round, and a reply without metrics ending the count of the others."""
     seen = []
     g, s = _toy([{"n_test": 10, "loss": 1.0, "acc": 0.5}, {"n_test": 30, "loss": 2.0, "acc": 1.0},
-                 {"mode": "raise"}], rounds=2, export=True, on_round=seen.append)
-    n0, n1, n2 = sorted(g.nodes)
+                 {"mode": "raise"}, {"mode": "nometrics"}], rounds=2, export=True, on_round=seen.append)
+    n0, n1, n2, n3 = sorted(g.nodes)
     arrays, _ = s.aggregate_train(1, _round_one(g, s))
     msgs = s.configure_evaluate(1, arrays, ConfigRecord({}), g)
-    assert [bool(m.content["config"]["export"]) for m in msgs] == [False] * 3
-    assert [int(m.content["config"]["server-round"]) for m in msgs] == [1] * 3
+    assert [bool(m.content["config"]["export"]) for m in msgs] == [False] * 4
+    assert [int(m.content["config"]["server-round"]) for m in msgs] == [1] * 4
     msgs = s.configure_evaluate(2, arrays, ConfigRecord({}), g)  # the last round: the personal models come back
-    assert [bool(m.content["config"]["export"]) for m in msgs] == [True] * 3
-    assert json.loads(str(msgs[0].content["config"]["head-rounds"])) == {"0": 1, "1": 1}
-    res = s.aggregate_evaluate(2, s.exchange(g, msgs, "evaluate"))
+    assert [bool(m.content["config"]["export"]) for m in msgs] == [True] * 4
+    assert json.loads(str(msgs[0].content["config"]["head-rounds"])) == {"0": 1, "1": 1, "3": 1}
+    replies = sorted(s.exchange(g, msgs, "evaluate"), key=lambda m: m.has_content() and "metrics" in m.content.metric_records)
+    res = s.aggregate_evaluate(2, replies)  # the empty reply first: it is passed over, the others still count
     assert dict(res) == {"eval-acc": 0.875, "eval-loss": 1.75, "num-examples": 40}
     rec = s.history[-1]
     assert seen == [rec] and rec["accuracy"] == 0.875 and rec["loss"] == 1.75
@@ -831,14 +846,15 @@ def test_aggregate_evaluate_by_hand():
     assert (c0["n_test"], c0["loss"], c0["accuracy"]) == (10, 1.0, 0.5) and "partition-id" not in c0
     assert sorted(s.exports) == [0, 1] and np.allclose(s.exports[0]["w"].numpy(), arrays["w"].numpy())
     assert [x["phase"] for x in rec["missing"]] == ["train", "evaluate"] and rec["missing"][1]["partition"] == 2
-    # down: 3 train + 3 evaluate messages of 20 float bytes; up: 2 train updates + 2 personal models
+    # down: 4 train + 4 evaluate messages of 20 float bytes; up: 3 train updates + 2 personal models
     payload_down = sum(r.count_bytes() for m in msgs for r in m.content.values()) + sum(
         c.get("train_down_payload", 0) for c in rec["clients"].values())
-    assert rec["bytes"]["up"] == 80 and rec["bytes"]["down"] == 120 and rec["bytes"]["total"] == 200
+    assert rec["bytes"]["up"] == 100 and rec["bytes"]["down"] == 160 and rec["bytes"]["total"] == 260
     assert rec["bytes"]["payload_down"] == payload_down and rec["bytes"]["payload_up"] > rec["bytes"]["up"]
-    assert rec["head_rounds"] == {"0": 1, "1": 1} and rec["t_end"] >= rec["t_start"]
+    assert rec["head_rounds"] == {"0": 1, "1": 1, "3": 1} and rec["t_end"] >= rec["t_start"]
+    assert "n_test" not in rec["clients"][3]
     g.offline.add(n1)
-    assert [m.metadata.dst_node_id for m in s.configure_evaluate(2, arrays, ConfigRecord({}), g)] == [n0, n2]
+    assert [m.metadata.dst_node_id for m in s.configure_evaluate(2, arrays, ConfigRecord({}), g)] == [n0, n2, n3]
     assert s.aggregate_evaluate(3, []) is None and math.isnan(s.history[-1]["accuracy"])
     assert math.isnan(s.history[-1]["loss"])
 
@@ -859,15 +875,15 @@ def test_run_starts_at_a_round_and_reports_each():
 
 
 def test_load_state_dict_of_an_older_run():
-    """Catches: a state file without the 'bounded' list (written before count bounds existed) failing to load,
-    and history client keys left as strings after JSON."""
+    """Catches: a state file without the 'bounded' list (written before count bounds existed) or a history
+    entry without clients failing to load, and history client keys left as strings after JSON."""
     from detectlab.violence.strategy import RobustFedAvg
 
-    st = {"round": 1, "history": [{"round": 1, "clients": {"0": {"loss": 1.0}}}], "rejected": [],
+    st = {"round": 1, "history": [{"round": 0}, {"round": 1, "clients": {"0": {"loss": 1.0}}}], "rejected": [],
           "head_rounds": {"0": "1"}, "census": {}, "node_pid": {"101": "0"}}
     s = RobustFedAvg(1, 2)
     assert s.load_state_dict(st) == 1
-    assert s.bounded == [] and s.history[0]["clients"] == {0: {"loss": 1.0}}
+    assert s.bounded == [] and s.history[1]["clients"] == {0: {"loss": 1.0}} and s.history[0]["clients"] == {}
     assert s.head_rounds == {0: 1} and s.node_pid == {101: 0}
 
 
@@ -882,4 +898,3 @@ def test_aggregator_defaults_by_hand():
     assert make_aggregator("fedavg", clip_norm=1.0, n_clients=0).num_sampled_clients == 1
     t = make_aggregator("trimmed")
     assert type(t) is FedTrimmedAvg and t.beta == 0.25
-    assert make_aggregator("median").min_train_nodes == 1 and make_aggregator("median").min_available_nodes == 1
