@@ -681,12 +681,13 @@ def test_bound_counts_edges():
 
 def test_short_reason_takes_the_last_message():
     """Catches: the first of two nested 'Message: ' parts kept (Ray wraps the ClientApp's message twice),
-    and stripping more than the closing quote and bracket."""
+    stripping more than the closing quote and bracket, and a reason of exactly `limit` characters cut."""
     from detectlab.violence.strategy import short_reason
 
     assert short_reason("outer Message: middle Message: HeadMissing: MAX'>") == "HeadMissing: MAX"
     assert short_reason("no marker here'>") == "no marker here'>"
     assert short_reason(ValueError("a\nb")) == "a b"
+    assert short_reason("y" * 240) == "y" * 240 and short_reason("y" * 241) == "y" * 237 + "..."
 
 
 def test_sampling_is_pinned_to_the_seed():
@@ -860,18 +861,25 @@ def test_aggregate_evaluate_by_hand():
 
 
 def test_run_starts_at_a_round_and_reports_each():
-    """Catches: a resumed run that starts over at round 1 or stops one round early, the new arrays not
-    carried into the next round, on_round_end not called after every round, and the head rounds not sent."""
-    g, s = _toy([{"step": 1.0}, {"step": 3.0}], rounds=3)
+    """Catches: a resumed run that starts over at round 1 (or a fresh one that skips it) or stops one round
+    early, the new arrays not carried into the next round, on_round_end not called after every round, the
+    head rounds not sent, and a silent client's missing replies recorded under the wrong phase."""
+    g, s = _toy([{"step": 1.0}, {"step": 3.0}, {}], rounds=3)
+    n2 = sorted(g.nodes)[2]
+    g.mute[n2] = {MessageType.TRAIN, MessageType.EVALUATE}  # answers the census, then never again
     ends = []
     out = s.run(g, W0, ConfigRecord({"spec": "{}"}), ConfigRecord({}), start_round=2,
                 on_round_end=lambda r, a: ends.append((r, float(a["w"].numpy()[0]))))
     assert ends == [(2, 2.0), (3, 4.0)] and np.allclose(out["w"].numpy(), 4.0)
     assert [h["round"] for h in s.history] == [2, 3]
     train = [m for m in g.sent if m.metadata.message_type == MessageType.TRAIN]
-    assert [int(m.content["config"]["server-round"]) for m in train] == [2, 2, 3, 3]
-    assert json.loads(str(train[2].content["config"]["head-rounds"])) == {"0": 2, "1": 2}
+    assert [int(m.content["config"]["server-round"]) for m in train] == [2, 2, 2, 3, 3, 3]
+    assert json.loads(str(train[3].content["config"]["head-rounds"])) == {"0": 2, "1": 2}
     assert s.state_dict()["round"] == 3
+    assert [(x["phase"], x["partition"]) for x in s.history[0]["missing"]] == [("train", 2), ("evaluate", 2)]
+    g, s = _toy([{"step": 1.0}, {"step": 3.0}], rounds=2)
+    assert np.allclose(s.run(g, W0, ConfigRecord({"spec": "{}"}), ConfigRecord({}))["w"].numpy(), 4.0)
+    assert [h["round"] for h in s.history] == [1, 2]  # by default from round 1
 
 
 def test_load_state_dict_of_an_older_run():
