@@ -846,7 +846,9 @@ def test_aggregate_evaluate_by_hand():
     assert c0["val-auc"] == 0.7 and c0["scores"] == [0.1, 0.2] and isinstance(c0["scores"], list)
     assert (c0["n_test"], c0["loss"], c0["accuracy"]) == (10, 1.0, 0.5) and "partition-id" not in c0
     assert sorted(s.exports) == [0, 1] and np.allclose(s.exports[0]["w"].numpy(), arrays["w"].numpy())
-    assert [x["phase"] for x in rec["missing"]] == ["train", "evaluate"] and rec["missing"][1]["partition"] == 2
+    assert [x["phase"] for x in rec["missing"]] == ["train", "evaluate"]
+    assert rec["missing"][1] == {"phase": "evaluate", "node": n2, "partition": 2,
+                                 "reason": "RuntimeError: boom on 2 second line"}
     # down: 4 train + 4 evaluate messages of 20 float bytes; up: 3 train updates + 2 personal models
     payload_down = sum(r.count_bytes() for m in msgs for r in m.content.values()) + sum(
         c.get("train_down_payload", 0) for c in rec["clients"].values())
