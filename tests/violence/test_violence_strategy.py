@@ -825,7 +825,8 @@ def test_aggregate_evaluate_by_hand():
     """Catches: accuracy or loss not weighted by each client's test count, extra client metrics (validation
     scores, lists) dropped, the personal models of the last round not kept, bytes summed wrongly over
     directions and phases, the export flag sent before the last round, an offline node messaged, and the
-    round record not handed to on_round, and a reply without metrics ending the count of the others."""
+    round record not handed to on_round, a reply without metrics ending the count of the others, and the
+    count, loss or accuracy copied a second time under the client's raw metric names."""
     seen = []
     g, s = _toy([{"n_test": 10, "loss": 1.0, "acc": 0.5}, {"n_test": 30, "loss": 2.0, "acc": 1.0},
                  {"mode": "raise"}, {"mode": "nometrics"}], rounds=2, export=True, on_round=seen.append)
@@ -844,7 +845,10 @@ def test_aggregate_evaluate_by_hand():
     assert seen == [rec] and rec["accuracy"] == 0.875 and rec["loss"] == 1.75
     c0 = rec["clients"][0]
     assert c0["val-auc"] == 0.7 and c0["scores"] == [0.1, 0.2] and isinstance(c0["scores"], list)
-    assert (c0["n_test"], c0["loss"], c0["accuracy"]) == (10, 1.0, 0.5) and "partition-id" not in c0
+    assert (c0["n_test"], c0["loss"], c0["accuracy"]) == (10, 1.0, 0.5)
+    assert sorted(c0) == sorted(["train_down", "train_down_payload", "train_up", "train_up_payload", "claimed",
+                                 "train_loss", "head_from", "n_train", "eval_down", "eval_down_payload", "eval_up",
+                                 "eval_up_payload", "n_test", "loss", "accuracy", "val-auc", "scores"])
     assert sorted(s.exports) == [0, 1] and np.allclose(s.exports[0]["w"].numpy(), arrays["w"].numpy())
     assert [x["phase"] for x in rec["missing"]] == ["train", "evaluate"]
     assert rec["missing"][1] == {"phase": "evaluate", "node": n2, "partition": 2,
