@@ -826,7 +826,8 @@ def test_aggregate_evaluate_by_hand():
     scores, lists) dropped, the personal models of the last round not kept, bytes summed wrongly over
     directions and phases, the export flag sent before the last round, an offline node messaged, and the
     round record not handed to on_round, a reply without metrics ending the count of the others, and the
-    count, loss or accuracy copied a second time under the client's raw metric names."""
+    count, loss or accuracy copied a second time under the client's raw metric names; a reply of a node no
+    longer mapped not marked as partition -1, and an evaluate-only round crashing without a client table."""
     seen = []
     g, s = _toy([{"n_test": 10, "loss": 1.0, "acc": 0.5}, {"n_test": 30, "loss": 2.0, "acc": 1.0},
                  {"mode": "raise"}, {"mode": "nometrics"}], rounds=2, export=True, on_round=seen.append)
@@ -864,6 +865,14 @@ def test_aggregate_evaluate_by_hand():
     assert [m.metadata.dst_node_id for m in s.configure_evaluate(2, arrays, ConfigRecord({}), g)] == [n0, n2, n3]
     assert s.aggregate_evaluate(3, []) is None and math.isnan(s.history[-1]["accuracy"])
     assert math.isnan(s.history[-1]["loss"])
+    # a reply from a node that is no longer in the node map is recorded under partition -1
+    late = s.exchange(g, s._messages([n2], arrays, ConfigRecord({"export": False}), MessageType.EVALUATE, "eval"), "x")
+    del s.node_pid[n2]
+    s._cur = {"clients": {}, "missing": []}
+    s.aggregate_evaluate(4, late)
+    assert [(x["node"], x["partition"]) for x in s.history[-1]["missing"]] == [(n2, -1)]
+    fresh = type(s)(2, 1)  # an evaluate-only round, before any training round
+    assert fresh.aggregate_evaluate(1, []) is None and fresh.history[-1]["bytes"]["total"] == 0
 
 
 def test_run_starts_at_a_round_and_reports_each():
