@@ -827,7 +827,8 @@ def test_aggregate_evaluate_by_hand():
     directions and phases, the export flag sent before the last round, an offline node messaged, and the
     round record not handed to on_round, a reply without metrics ending the count of the others, and the
     count, loss or accuracy copied a second time under the client's raw metric names; a reply of a node no
-    longer mapped not marked as partition -1, and an evaluate-only round crashing without a client table."""
+    longer mapped not marked as partition -1, an evaluate-only round crashing without a client table, and a
+    round record with other keys than those history.json is read with."""
     seen = []
     g, s = _toy([{"n_test": 10, "loss": 1.0, "acc": 0.5}, {"n_test": 30, "loss": 2.0, "acc": 1.0},
                  {"mode": "raise"}, {"mode": "nometrics"}], rounds=2, export=True, on_round=seen.append)
@@ -844,6 +845,8 @@ def test_aggregate_evaluate_by_hand():
     assert dict(res) == {"eval-acc": 0.875, "eval-loss": 1.75, "num-examples": 40}
     rec = s.history[-1]
     assert seen == [rec] and rec["accuracy"] == 0.875 and rec["loss"] == 1.75
+    assert sorted(rec) == ["accuracy", "bounded", "bytes", "clients", "head_rounds", "loss", "missing", "rejected",
+                           "round", "sampled", "t_end", "t_start"]  # what history.json keeps of a round
     c0 = rec["clients"][0]
     assert c0["val-auc"] == 0.7 and c0["scores"] == [0.1, 0.2] and isinstance(c0["scores"], list)
     assert (c0["n_test"], c0["loss"], c0["accuracy"]) == (10, 1.0, 0.5)
