@@ -731,7 +731,11 @@ def test_census_by_hand_errors_and_takeover():
     assert [m.metadata.dst_node_id for m in msgs] == [n0, new] and s.node_pid == {n0: 0, new: 1}
     query = [m for m in g.sent if m.metadata.message_type == MessageType.QUERY][-1]
     assert query.metadata.dst_node_id == new and str(query.content["config"]["spec"]) == '{"k": 1}'
-    new2 = g.restart(new, same_id=False)
+    new1 = g.restart(new, same_id=False)
+    s.configure_train(3, W0, ConfigRecord({}), g)  # no spec in the train config: an empty one, "{}"
+    query = [m for m in g.sent if m.metadata.message_type == MessageType.QUERY][-1]
+    assert query.metadata.dst_node_id == new1 and str(query.content["config"]["spec"]) == "{}"
+    new2 = g.restart(new1, same_id=False)
     s._cur = {"round": 7, "missing": []}
     assert s._nodes_for_round(g, 3) == {0: n0, 1: new2}
     assert s.node_pid == {n0: 0, new2: 1} and s._cur == {"round": 7, "missing": []}
@@ -740,6 +744,21 @@ def test_census_by_hand_errors_and_takeover():
     assert s.run_census(g, cfg, [bad]) == {} and bad not in s.node_pid
     g.silent.add(new)
     assert s.run_census(g, cfg, [new]) == {} and s.node_pid == {n0: 0}
+
+
+def test_round_waits_for_enough_nodes():
+    """Catches: a round that starts with fewer SuperNodes online than it needs, or whose stop line names the
+    wrong round."""
+    from detectlab.violence.strategy import FederationError
+
+    g, s = _toy([{}, {}], min_clients=0)
+    s.run_census(g, ConfigRecord({"spec": "{}"}))
+    g.offline.add(sorted(g.nodes)[1])
+    with pytest.raises(FederationError, match=r"^round 2: only 1 of the 2 SuperNodes needed connected within 0.3 s "
+                                              r"\(fl.round_timeout\)$"):
+        s.configure_train(2, W0, ConfigRecord({}), g)
+    g.offline.clear()
+    assert len(s.configure_train(2, W0, ConfigRecord({}), g)) == 2
 
 
 def test_exchange_by_hand():
