@@ -699,6 +699,7 @@ def test_sampling_is_pinned_to_the_seed():
            for seed in (0, 1, 7)}
     assert got == {0: [[0, 1, 4], [0, 4, 5], [1, 4, 5]], 1: [[1, 3, 4], [0, 2, 4], [1, 2, 4]],
                    7: [[1, 2, 5], [2, 3, 5], [1, 3, 4]]}
+    assert RobustFedAvg(6, 1, fraction=0.5)._sample(1, list(range(6))) == [0, 1, 4]  # the default seed is 0
     assert RobustFedAvg(6, 1, fraction=0.5)._sample(1, [2, 5]) == [2, 5]  # fewer online than the sample size
 
 
@@ -739,16 +740,22 @@ def test_census_by_hand_errors_and_takeover():
     s._cur = {"round": 7, "missing": []}
     assert s._nodes_for_round(g, 3) == {0: n0, 1: new2}
     assert s.node_pid == {n0: 0, new2: 1} and s._cur == {"round": 7, "missing": []}
-    new = new2
     bad = g.add_node({"partition-id": 1, "mode": "qraise"})  # a failing newcomer mid-run is left out, no stop
     assert s.run_census(g, cfg, [bad]) == {} and bad not in s.node_pid
-    g.silent.add(new)
-    assert s.run_census(g, cfg, [new]) == {} and s.node_pid == {n0: 0}
+    good = g.add_node({"partition-id": 1, "known": 12})
+    real = g.pull_messages
+    g.pull_messages = lambda ids: sorted(real(ids), key=lambda m: not m.has_error())  # the failure comes first
+    assert s.run_census(g, cfg, [bad, good]) == {1: {"partition": 1, "n_train": 12, "fingerprint": "a"}}
+    assert s.node_pid == {n0: 0, good: 1}
+    g.pull_messages = real
+    new2 = good
+    g.silent.add(new2)
+    assert s.run_census(g, cfg, [new2]) == {} and s.node_pid == {n0: 0}
 
 
 def test_round_waits_for_enough_nodes():
-    """Catches: a round that starts with fewer SuperNodes online than it needs, or whose stop line names the
-    wrong round."""
+    """Catches: a round that starts with fewer SuperNodes online than it needs (or gives up before the timeout
+    while they are still connecting), or whose stop line names the wrong round."""
     from detectlab.violence.strategy import FederationError
 
     g, s = _toy([{}, {}], min_clients=0)
@@ -757,8 +764,16 @@ def test_round_waits_for_enough_nodes():
     with pytest.raises(FederationError, match=r"^round 2: only 1 of the 2 SuperNodes needed connected within 0.3 s "
                                               r"\(fl.round_timeout\)$"):
         s.configure_train(2, W0, ConfigRecord({}), g)
-    g.offline.clear()
-    assert len(s.configure_train(2, W0, ConfigRecord({}), g)) == 2
+    calls, real = [], g.get_node_ids
+
+    def late(**kw):  # node 1 comes back after the third look
+        calls.append(1)
+        if len(calls) > 3:
+            g.offline.clear()
+        return real(**kw)
+
+    g.get_node_ids = late
+    assert len(s.configure_train(2, W0, ConfigRecord({}), g)) == 2 and len(calls) >= 4
 
 
 def test_exchange_by_hand():
@@ -769,7 +784,7 @@ def test_exchange_by_hand():
     s.node_pid = {n0: 0, n1: 1}
     assert s.exchange(g, [], "train") == [] and g.sent == []
     g.silent.add(n1)
-    s._cur = {"missing": []}
+    s._cur = {}  # exchange starts the record's missing list itself
     msgs = s._messages([n0, n1], W0, ConfigRecord({"export": False}), MessageType.EVALUATE, "eval")
     got = s.exchange(g, msgs, "evaluate")
     assert [s.node_of(m) for m in got] == [n0]
@@ -934,7 +949,8 @@ def test_load_state_dict_of_an_older_run():
 
 def test_aggregator_defaults_by_hand():
     """Catches: a clip of 0 wrapping the aggregator in a zero-norm clipper, n_clients 0 giving the clipper 0
-    sampled clients, and the default trim fraction / Krum count changed."""
+    sampled clients, the unknown-aggregation line not listing the choices, and changed defaults (trim fraction,
+    Krum count, clipping, min_clients, export)."""
     from flwr.serverapp.strategy import FedAvg, FedTrimmedAvg
 
     from detectlab.violence.strategy import make_aggregator
@@ -943,3 +959,17 @@ def test_aggregator_defaults_by_hand():
     assert make_aggregator("fedavg", clip_norm=1.0, n_clients=0).num_sampled_clients == 1
     t = make_aggregator("trimmed")
     assert type(t) is FedTrimmedAvg and t.beta == 0.25
+    with pytest.raises(ValueError, match=r"^unknown aggregation 'x' \(one of fedavg, median, trimmed, krum\)$"):
+        make_aggregator("x")
+    # the strategy's defaults: plain FedAvg, no clipping, one usable update per round, the documented trim and
+    # Krum counts, and no personal-model export on the last round
+    from detectlab.violence.strategy import RobustFedAvg
+
+    s = RobustFedAvg(4, 1)
+    assert type(s.aggregator) is FedAvg and s.needed() == 1 and s.max_weight == 0.0
+    assert RobustFedAvg(4, 1, aggregation="trimmed").aggregator.beta == 0.25
+    assert RobustFedAvg(4, 1, aggregation="krum").aggregator.num_malicious_nodes == 1
+    g = FedGrid(lambda m, c: None, [{"partition-id": 0}])
+    s = RobustFedAvg(1, 1)
+    s.node_pid = {sorted(g.nodes)[0]: 0}
+    assert [bool(m.content["config"]["export"]) for m in s.configure_evaluate(1, W0, ConfigRecord({}), g)] == [False]
