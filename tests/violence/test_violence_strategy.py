@@ -748,9 +748,14 @@ def test_census_by_hand_errors_and_takeover():
     assert s.run_census(g, cfg, [bad, good]) == {1: {"partition": 1, "n_train": 12, "fingerprint": "a"}}
     assert s.node_pid == {n0: 0, good: 1}
     g.pull_messages = real
-    new2 = good
-    g.silent.add(new2)
-    assert s.run_census(g, cfg, [new2]) == {} and s.node_pid == {n0: 0}
+    g.offline.update({bad, new2})
+    # a newcomer for partition 1 while its old node still answers: only the newcomer is asked, and takes over
+    late = g.add_node({"partition-id": 1})
+    queries = sum(m.metadata.message_type == MessageType.QUERY for m in g.sent)
+    assert s._nodes_for_round(g, 4) == {0: n0, 1: late} and s.node_pid == {n0: 0, late: 1}
+    assert sum(m.metadata.message_type == MessageType.QUERY for m in g.sent) == queries + 1
+    g.silent.add(late)
+    assert s.run_census(g, cfg, [late]) == {} and s.node_pid == {n0: 0}
 
 
 def test_round_waits_for_enough_nodes():
@@ -805,7 +810,8 @@ def test_aggregate_train_by_hand():
     """Catches: census-bounded counts not reaching the weighted mean (partition 1 claims 1000, the census
     says 20: the mean must be (10 x 1 + 20 x 4) / 30 = 3), a failed client recorded wrongly, the per-client
     record (claimed, loss, head-from, weight, bytes) wrong, head rounds moved for a client not kept, a second
-    update of the same partition averaged in, and the round number missing from the messages."""
+    update of the same partition averaged in, the round number missing from the messages, and fl.max_weight
+    not reaching the weights."""
     g, s = _toy([{"known": 10, "claim": 10}, {"known": 20, "claim": 1000, "step": 4.0}, {"mode": "raise"}],
                 min_clients=2)  # exactly two usable updates: enough
     n0, n1, n2 = sorted(g.nodes)
@@ -832,6 +838,11 @@ def test_aggregate_train_by_hand():
     arrays, _ = s.aggregate_train(1, [first, first])
     assert np.allclose(arrays["w"].numpy(), 2.0)
     assert s.rejected == [{"round": 1, "partition": 0, "reason": "a second update for partition 0 in the same round"}]
+    # fl.max_weight: no weight above 2 x the median claim (10), whatever the census allows
+    g, s = _toy([{"known": 1000}, {"known": 1000}, {"known": 1000, "claim": 100, "step": 4.0}], max_weight=2.0)
+    arrays, _ = s.aggregate_train(1, _round_one(g, s))
+    assert s.bounded == [{"round": 1, "partition": 2, "claimed": 100, "weight": 20}]
+    assert np.allclose(arrays["w"].numpy(), (10 + 10 + 20 * 4) / 40)
 
 
 def test_too_few_updates_stop_with_one_line():
