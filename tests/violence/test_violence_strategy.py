@@ -216,7 +216,8 @@ def _census_app(msg, ctx):
 
 def test_census_knows_each_partition_once():
     """Catches: an impostor claiming a partition that is already taken being silently accepted, a node that
-    does not answer (killed, not yet offline) blocking the census, and a resumed run over changed data."""
+    does not answer (killed, not yet offline) blocking the census, and a resumed run over changed data (the
+    line names both fingerprints)."""
     from detectlab.violence.strategy import FederationError, RobustFedAvg
 
     cfg = ConfigRecord({"spec": "{}"})
@@ -234,10 +235,12 @@ def test_census_knows_each_partition_once():
         RobustFedAvg(2, 1, round_timeout=0.3, poll=0.05).run_census(g2, cfg)
     g2 = FedGrid(_census_app, [{"partition-id": 0}, {"partition-id": 1}])
     g2.silent.add(sorted(g2.nodes)[1])  # connected, never answers
-    with pytest.raises(FederationError, match=r"census: partition\(s\) \[1\] did not answer within 0.3 s"):
+    with pytest.raises(FederationError, match=r"^census: partition\(s\) \[1\] did not answer within 0.3 s "
+                                              r"\(fl.round_timeout\)$"):
         RobustFedAvg(2, 1, round_timeout=0.3, poll=0.05).run_census(g2, cfg)
     changed = FedGrid(_census_app, [{"partition-id": 0}, {"partition-id": 1, "fp": "b"}])
-    with pytest.raises(FederationError, match="the data of partition 1 changed"):
+    with pytest.raises(FederationError, match=r"^census: the data of partition 1 changed since the run started "
+                                              r"\(fingerprint a -> b\)$"):
         s.run_census(changed, cfg)
 
 
@@ -584,3 +587,414 @@ def test_robust_option_holds_accuracy_under_attack(partition, tmp_path):
     assert naive["accuracy"] < clean["accuracy"] - 0.2 or not math.isfinite(naive["loss"])
     # the 100x claim was cut to the census count of client 3 every round
     assert [(b["partition"], b["claimed"], b["weight"]) for b in robust["bounded"]] == [(3, 2400, 24)] * 6
+
+
+# ---- the server side by hand, with a toy ClientApp (no model, no training: each test well under 2 s)
+def _toy_app(msg, ctx):
+    """A ClientApp without a model. Census: partition-id, ``known`` (n_train), fingerprint. Train: w + ``step``
+    with ``claim`` examples (``mode=nan``: NaN weights). Evaluate: ``n_test``/``loss``/``acc`` plus a
+    validation score and a list, and the personal model when asked to export (``mode=nometrics``: an empty
+    evaluate reply). ``mode=raise`` fails every train/evaluate message, ``mode=qraise`` the census too."""
+    nc = ctx.node_config
+    pid, mode = int(nc["partition-id"]), nc.get("mode", "")
+    mtype = msg.metadata.message_type
+    if mtype == MessageType.QUERY:
+        if mode == "qraise":
+            raise RuntimeError("census broke")
+        info = {"partition": pid, "n_train": int(nc.get("known", 10)), "fingerprint": "a"}
+        return Message(RecordDict({"census": ConfigRecord({"info": json.dumps(info)})}), reply_to=msg)
+    if mode == "raise":
+        raise RuntimeError(f"boom on {pid}\n  second line")
+    w = msg.content["arrays"]["w"].numpy()
+    if mtype == MessageType.TRAIN:
+        new = w + np.float32(nc.get("step", 1.0))
+        if mode == "nan":
+            new = new * np.float32(np.nan)
+        return Message(_reply_content({"w": new}, **{"num-examples": int(nc.get("claim", 10)), "partition-id": pid}),
+                       reply_to=msg)
+    if mode == "nometrics":
+        return Message(RecordDict({}), reply_to=msg)
+    mr = MetricRecord({"num-examples": int(nc.get("n_test", 10)), "eval-loss": float(nc.get("loss", 1.0)),
+                       "eval-acc": float(nc.get("acc", 0.5)), "partition-id": pid, "val-auc": 0.7,
+                       "scores": [0.1, 0.2]})
+    content = RecordDict({"metrics": mr})
+    if bool(msg.content["config"]["export"]):
+        content["personal"] = ArrayRecord({"w": Array(w.copy())})
+    return Message(content, reply_to=msg)
+
+
+def _toy(nodes: list[dict], **kw):
+    from detectlab.violence.strategy import RobustFedAvg
+
+    g = FedGrid(_toy_app, [dict(nc, **{"partition-id": nc.get("partition-id", i)}) for i, nc in enumerate(nodes)])
+    s = RobustFedAvg(len(nodes), kw.pop("rounds", 1), round_timeout=kw.pop("round_timeout", 0.3), poll=0.02, **kw)
+    return g, s
+
+
+W0 = ArrayRecord({"w": Array(np.zeros(5, np.float32))})
+
+
+def test_check_update_reasons_are_exact():
+    """Catches: a reason that names the wrong keys, shapes or dtypes (or lists too many), a zero-record reply
+    taken for one, and num-examples bounds off by one (1 and 10**9 are allowed, 0 and 10**9 + 1 are not)."""
+    from detectlab.violence.strategy import check_update
+
+    exp = {"w": ((2, 3), "float32"), "b": ((3,), "float32")}
+    w, b = np.zeros((2, 3), np.float32), np.ones(3, np.float32)
+    assert check_update(_reply_content({"w": w}), exp) == "wrong keys (missing ['b'], unexpected [])"
+    many = {k: b for k in "wbcdef"}
+    many["w"] = w
+    assert check_update(_reply_content(many), exp) == "wrong keys (missing [], unexpected ['c', 'd', 'e'])"
+    five = {k: ((3,), "float32") for k in "pqrst"}
+    assert check_update(_reply_content({"z": b}), five) == "wrong keys (missing ['p', 'q', 'r'], unexpected ['z'])"
+    assert check_update(_reply_content({"w": np.zeros((3, 2), np.float32), "b": b}), exp) == \
+        "wrong shape for w: (3, 2) instead of (2, 3)"
+    assert check_update(_reply_content({"w": w, "b": b.astype(np.float64)}), exp) == \
+        "wrong dtype for b: float64 instead of float32"
+    assert check_update(_reply_content({"w": w, "b": np.array([1, np.nan, 1], np.float32)}), exp) == \
+        "non-finite values in b"
+    ints = {"i": ((3,), "int64")}
+    assert check_update(_reply_content({"i": np.arange(3)}), ints) is None  # integer arrays: nothing to check
+    bare = RecordDict({"metrics": _reply_content({"w": w})["metrics"]})
+    assert check_update(bare, exp) == "0 ArrayRecords instead of 1"
+    two = _reply_content({"w": w, "b": b})
+    two["m2"] = MetricRecord({"x": 1})
+    assert check_update(two, exp) == "2 MetricRecords instead of 1"
+    assert check_update(_reply_content({"w": w, "b": b}, extra=1.0), exp) == (
+        "metric keys ['extra', 'head-from', 'num-examples', 'partition-id', 'train-acc', 'train-loss'] instead of "
+        "['head-from', 'num-examples', 'partition-id', 'train-acc', 'train-loss']")
+    for good in (1, 10**9):
+        assert check_update(_reply_content({"w": w, "b": b}, **{"num-examples": good}), exp) is None, good
+    assert check_update(_reply_content({"w": w, "b": b}, **{"num-examples": 10**9 + 1}), exp) == \
+        "num-examples 1000000001 is not an integer in 1..1000000000"
+    assert check_update(_reply_content({"w": w, "b": b}, **{"num-examples": 0}), exp) == \
+        "num-examples 0 is not an integer in 1..1000000000"
+
+
+def test_bound_counts_edges():
+    """Catches: a cap floor other than 1 (three clients claiming 1, 1 and 5 with max_weight 0.5 all weigh 1),
+    a census count of an absent client inventing a claim, and no claims at all crashing the median."""
+    from detectlab.violence.strategy import bound_counts
+
+    assert bound_counts({0: 1, 1: 1, 2: 5}, {}, max_weight=0.5) == {0: 1, 1: 1, 2: 1}
+    assert bound_counts({0: 7}, {0: 9, 1: 4}) == {0: 7}
+    assert bound_counts({}, {0: 3}, max_weight=2.0) == {}
+    assert bound_counts({0: 4, 1: 8, 2: 100}, {2: 50}, max_weight=3.0) == {0: 4, 1: 8, 2: 24}  # cut, then cap 3 x 8
+
+
+def test_short_reason_takes_the_last_message():
+    """Catches: the first of two nested 'Message: ' parts kept (Ray wraps the ClientApp's message twice),
+    stripping more than the closing quote and bracket, and a reason of exactly `limit` characters cut."""
+    from detectlab.violence.strategy import short_reason
+
+    assert short_reason("outer Message: middle Message: HeadMissing: MAX'>") == "HeadMissing: MAX"
+    assert short_reason("no marker here'>") == "no marker here'>"
+    assert short_reason(ValueError("a\nb")) == "a b"
+    assert short_reason("y" * 240) == "y" * 240 and short_reason("y" * 241) == "y" * 237 + "..."
+
+
+def test_sampling_is_pinned_to_the_seed():
+    """Catches: a changed per-round sampling formula (seed x 1_000_003 + round): a rerun or a resumed run
+    would then train other clients than the run it continues; and a sample that ignores the seed."""
+    from detectlab.violence.strategy import RobustFedAvg
+
+    got = {seed: [RobustFedAvg(6, 1, fraction=0.5, seed=seed)._sample(r, list(range(6))) for r in (1, 2, 3)]
+           for seed in (0, 1, 7)}
+    assert got == {0: [[0, 1, 4], [0, 4, 5], [1, 4, 5]], 1: [[1, 3, 4], [0, 2, 4], [1, 2, 4]],
+                   7: [[1, 2, 5], [2, 3, 5], [1, 3, 4]]}
+    assert RobustFedAvg(6, 1, fraction=0.5)._sample(1, list(range(6))) == [0, 1, 4]  # the default seed is 0
+    assert RobustFedAvg(6, 1, fraction=0.5)._sample(1, [2, 5]) == [2, 5]  # fewer online than the sample size
+
+
+def test_census_by_hand_errors_and_takeover():
+    """Catches: a failed census reply in the first census passed over (or a later one stopping the run), a
+    partition id outside 0..n-1 accepted, a restarted node (new id) not taking over its partition, a
+    silent node kept in the node map, the round's spec not sent to a newcomer's census, and the round record
+    clobbered by a mid-run census."""
+    from detectlab.violence.strategy import FederationError
+
+    cfg = ConfigRecord({"spec": "{}"})
+    g, s = _toy([{}, {"mode": "qraise"}])
+    n1 = sorted(g.nodes)[1]
+    with pytest.raises(FederationError, match=rf"^census: node {n1} failed: RuntimeError: census broke$"):
+        s.run_census(g, cfg)
+    g, s = _toy([{}, {"partition-id": 2}])
+    with pytest.raises(FederationError, match=rf"^census: node {sorted(g.nodes)[1]} says partition-id 2, "
+                                              r"expected 0\.\.1$"):
+        s.run_census(g, cfg)
+    g, s = _toy([{}, {"partition-id": -1}])
+    with pytest.raises(FederationError, match="says partition-id -1"):
+        s.run_census(g, cfg)
+    g, s = _toy([{"known": 11}, {"known": 12}])
+    n0, n1 = sorted(g.nodes)
+    assert s.run_census(g, cfg) == {0: {"partition": 0, "n_train": 11, "fingerprint": "a"},
+                                    1: {"partition": 1, "n_train": 12, "fingerprint": "a"}}
+    assert s.node_pid == {n0: 0, n1: 1}
+    new = g.restart(n1, same_id=False)  # the old id goes offline, a new one serves partition 1
+    msgs = s.configure_train(2, W0, ConfigRecord({"spec": '{"k": 1}'}), g)
+    assert [m.metadata.dst_node_id for m in msgs] == [n0, new] and s.node_pid == {n0: 0, new: 1}
+    query = [m for m in g.sent if m.metadata.message_type == MessageType.QUERY][-1]
+    assert query.metadata.dst_node_id == new and str(query.content["config"]["spec"]) == '{"k": 1}'
+    new1 = g.restart(new, same_id=False)
+    s.configure_train(3, W0, ConfigRecord({}), g)  # no spec in the train config: an empty one, "{}"
+    query = [m for m in g.sent if m.metadata.message_type == MessageType.QUERY][-1]
+    assert query.metadata.dst_node_id == new1 and str(query.content["config"]["spec"]) == "{}"
+    new2 = g.restart(new1, same_id=False)
+    s._cur = {"round": 7, "missing": []}
+    assert s._nodes_for_round(g, 3) == {0: n0, 1: new2}
+    assert s.node_pid == {n0: 0, new2: 1} and s._cur == {"round": 7, "missing": []}
+    bad = g.add_node({"partition-id": 1, "mode": "qraise"})  # a failing newcomer mid-run is left out, no stop
+    assert s.run_census(g, cfg, [bad]) == {} and bad not in s.node_pid
+    good = g.add_node({"partition-id": 1, "known": 12})
+    real = g.pull_messages
+    g.pull_messages = lambda ids: sorted(real(ids), key=lambda m: not m.has_error())  # the failure comes first
+    assert s.run_census(g, cfg, [bad, good]) == {1: {"partition": 1, "n_train": 12, "fingerprint": "a"}}
+    assert s.node_pid == {n0: 0, good: 1}
+    g.pull_messages = real
+    g.offline.update({bad, new2})
+    # a newcomer for partition 1 while its old node still answers: only the newcomer is asked, and takes over
+    late = g.add_node({"partition-id": 1})
+    queries = sum(m.metadata.message_type == MessageType.QUERY for m in g.sent)
+    assert s._nodes_for_round(g, 4) == {0: n0, 1: late} and s.node_pid == {n0: 0, late: 1}
+    assert sum(m.metadata.message_type == MessageType.QUERY for m in g.sent) == queries + 1
+    g.silent.add(late)
+    assert s.run_census(g, cfg, [late]) == {} and s.node_pid == {n0: 0}
+
+
+def test_round_waits_for_enough_nodes():
+    """Catches: a round that starts with fewer SuperNodes online than it needs (or gives up before the timeout
+    while they are still connecting), or whose stop line names the wrong round."""
+    from detectlab.violence.strategy import FederationError
+
+    g, s = _toy([{}, {}], min_clients=0)
+    s.run_census(g, ConfigRecord({"spec": "{}"}))
+    g.offline.add(sorted(g.nodes)[1])
+    with pytest.raises(FederationError, match=r"^round 2: only 1 of the 2 SuperNodes needed connected within 0.3 s "
+                                              r"\(fl.round_timeout\)$"):
+        s.configure_train(2, W0, ConfigRecord({}), g)
+    calls, real = [], g.get_node_ids
+
+    def late(**kw):  # node 1 comes back after the third look
+        calls.append(1)
+        if len(calls) > 3:
+            g.offline.clear()
+        return real(**kw)
+
+    g.get_node_ids = late
+    assert len(s.configure_train(2, W0, ConfigRecord({}), g)) == 2 and len(calls) >= 4
+
+
+def test_exchange_by_hand():
+    """Catches: an empty exchange that pushes or waits, a missing reply recorded without its phase, node and
+    partition, replies that come after the first look not waited for, and the SuperLink's error reply for a
+    dead node (from node 0) not traced to that node."""
+    g, s = _toy([{}, {}])
+    n0, n1 = sorted(g.nodes)
+    s.node_pid = {n0: 0, n1: 1}
+    assert s.exchange(g, [], "train") == [] and g.sent == []
+    g.silent.add(n1)
+    s._cur = {}  # exchange starts the record's missing list itself
+    msgs = s._messages([n0, n1], W0, ConfigRecord({"export": False}), MessageType.EVALUATE, "eval")
+    got = s.exchange(g, msgs, "evaluate")
+    assert [s.node_of(m) for m in got] == [n0]
+    assert s._cur["missing"] == [{"phase": "evaluate", "node": n1, "partition": 1, "reason": "no reply within 0.3 s"}]
+    g.silent.clear()
+    real, pulls = g.pull_messages, []
+
+    def slow(ids):  # the replies are not there yet at the first look
+        pulls.append(1)
+        return [] if len(pulls) == 1 else real(ids)
+
+    g.pull_messages = slow
+    got = s.exchange(g, s._messages([n0, n1], W0, ConfigRecord({"export": False}), MessageType.EVALUATE, "eval"), "x")
+    assert sorted(s.node_of(m) for m in got) == [n0, n1] and len(pulls) == 2
+    g.pull_messages = real
+    g.unavailable.add(n1)  # the SuperLink answers for it, from node 0
+    got = s.exchange(g, s._messages([n1], W0, ConfigRecord({"export": False}), MessageType.EVALUATE, "eval"), "x")
+    assert got[0].metadata.src_node_id == 0 and s.node_of(got[0]) == n1
+
+
+def _round_one(g, s, rnd=1):
+    s.run_census(g, ConfigRecord({"spec": "{}"}))
+    msgs = s.configure_train(rnd, W0, ConfigRecord({"spec": "{}"}), g)
+    return s.exchange(g, msgs, "train")
+
+
+def test_aggregate_train_by_hand():
+    """Catches: census-bounded counts not reaching the weighted mean (partition 1 claims 1000, the census
+    says 20: the mean must be (10 x 1 + 20 x 4) / 30 = 3), a failed client recorded wrongly, the per-client
+    record (claimed, loss, head-from, weight, bytes) wrong, head rounds moved for a client not kept, a second
+    update of the same partition averaged in, the round number missing from the messages, and fl.max_weight
+    not reaching the weights."""
+    g, s = _toy([{"known": 10, "claim": 10}, {"known": 20, "claim": 1000, "step": 4.0}, {"mode": "raise"}],
+                min_clients=2)  # exactly two usable updates: enough
+    n0, n1, n2 = sorted(g.nodes)
+    replies = _round_one(g, s)
+    assert [int(m.content["config"]["server-round"]) for m in g.sent[-3:]] == [1, 1, 1]
+    assert s._cur["sampled"] == [0, 1, 2]
+    arrays, _ = s.aggregate_train(1, replies)
+    assert np.allclose(arrays["w"].numpy(), 3.0)
+    assert s._cur["missing"] == [{"phase": "train", "node": n2, "partition": 2,
+                                  "reason": "RuntimeError: boom on 2 second line"}]
+    ev = {"round": 1, "partition": 1, "claimed": 1000, "weight": 20}
+    assert s._cur["bounded"] == [ev] and s.bounded == [ev] and s.head_rounds == {0: 1, 1: 1}
+    c0 = s._cur["clients"][0]
+    assert {k: c0[k] for k in ("claimed", "train_loss", "head_from", "n_train")} == \
+        {"claimed": 10, "train_loss": 0.5, "head_from": 0, "n_train": 10}
+    assert s._cur["clients"][1]["claimed"] == 1000 and s._cur["clients"][1]["n_train"] == 20
+    assert c0["train_down"] == 20 and c0["train_up"] == 20 and "train_up" not in s._cur["clients"][2]
+    train = next(m for m in g.sent if m.metadata.message_type == MessageType.TRAIN)
+    assert c0["train_down_payload"] == W0.count_bytes() + train.content["config"].count_bytes()
+    # the same reply twice: the second is rejected, the mean is that of the first alone
+    g, s = _toy([{"step": 2.0}, {"step": 6.0}])
+    replies = _round_one(g, s)
+    first = next(m for m in replies if s.node_pid[s.node_of(m)] == 0)
+    arrays, _ = s.aggregate_train(1, [first, first])
+    assert np.allclose(arrays["w"].numpy(), 2.0)
+    assert s.rejected == [{"round": 1, "partition": 0, "reason": "a second update for partition 0 in the same round"}]
+    # fl.max_weight: no weight above 2 x the median claim (10), whatever the census allows
+    g, s = _toy([{"known": 1000}, {"known": 1000}, {"known": 1000, "claim": 100, "step": 4.0}], max_weight=2.0)
+    arrays, _ = s.aggregate_train(1, _round_one(g, s))
+    assert s.bounded == [{"round": 1, "partition": 2, "claimed": 100, "weight": 20}]
+    assert np.allclose(arrays["w"].numpy(), (10 + 10 + 20 * 4) / 40)
+
+
+def test_too_few_updates_stop_with_one_line():
+    """Catches: a round with too few usable updates that goes on, or whose stop line misnames the failures,
+    the rounds that are kept (none / round 1 / rounds 1-2) or lists more than four problems."""
+    from detectlab.violence.strategy import FederationError
+
+    for rnd, kept in ((1, "no round finished"), (2, "round 1 is kept"), (3, "rounds 1-2 are kept")):
+        g, s = _toy([{}, {"mode": "nan"}, {"mode": "raise"}], min_clients=0)
+        replies = _round_one(g, s, rnd)
+        with pytest.raises(FederationError) as e:
+            s.aggregate_train(rnd, replies)
+        assert str(e.value) == (f"round {rnd}: 1 usable update(s), 3 needed (fl.min_clients): partition 2: "
+                                "RuntimeError: boom on 2 second line; partition 1: rejected (non-finite values in w); "
+                                f"{kept}, rerun to resume")
+        assert s.head_rounds == {} and s.rejected == [{"round": rnd, "partition": 1,
+                                                       "reason": "non-finite values in w"}]
+    g, s = _toy([{}] + [{"mode": "raise"}] * 5, min_clients=2)
+    with pytest.raises(FederationError) as e:
+        s.aggregate_train(1, _round_one(g, s))
+    assert str(e.value).count("RuntimeError") == 4 and "1 usable update(s), 2 needed" in str(e.value)
+
+
+def test_aggregate_evaluate_by_hand():
+    """Catches: accuracy or loss not weighted by each client's test count, extra client metrics (validation
+    scores, lists) dropped, the personal models of the last round not kept, bytes summed wrongly over
+    directions and phases, the export flag sent before the last round, an offline node messaged, and the
+    round record not handed to on_round, a reply without metrics ending the count of the others, and the
+    count, loss or accuracy copied a second time under the client's raw metric names; a reply of a node no
+    longer mapped not marked as partition -1, an evaluate-only round crashing without a client table, and a
+    round record with other keys than those history.json is read with."""
+    seen = []
+    g, s = _toy([{"n_test": 10, "loss": 1.0, "acc": 0.5}, {"n_test": 30, "loss": 2.0, "acc": 1.0},
+                 {"mode": "raise"}, {"mode": "nometrics"}], rounds=2, export=True, on_round=seen.append)
+    n0, n1, n2, n3 = sorted(g.nodes)
+    arrays, _ = s.aggregate_train(1, _round_one(g, s))
+    msgs = s.configure_evaluate(1, arrays, ConfigRecord({}), g)
+    assert [bool(m.content["config"]["export"]) for m in msgs] == [False] * 4
+    assert [int(m.content["config"]["server-round"]) for m in msgs] == [1] * 4
+    msgs = s.configure_evaluate(2, arrays, ConfigRecord({}), g)  # the last round: the personal models come back
+    assert [bool(m.content["config"]["export"]) for m in msgs] == [True] * 4
+    assert json.loads(str(msgs[0].content["config"]["head-rounds"])) == {"0": 1, "1": 1, "3": 1}
+    replies = sorted(s.exchange(g, msgs, "evaluate"), key=lambda m: m.has_content() and "metrics" in m.content.metric_records)
+    res = s.aggregate_evaluate(2, replies)  # the empty reply first: it is passed over, the others still count
+    assert dict(res) == {"eval-acc": 0.875, "eval-loss": 1.75, "num-examples": 40}
+    rec = s.history[-1]
+    assert seen == [rec] and rec["accuracy"] == 0.875 and rec["loss"] == 1.75
+    assert sorted(rec) == ["accuracy", "bounded", "bytes", "clients", "head_rounds", "loss", "missing", "rejected",
+                           "round", "sampled", "t_end", "t_start"]  # what history.json keeps of a round
+    c0 = rec["clients"][0]
+    assert c0["val-auc"] == 0.7 and c0["scores"] == [0.1, 0.2] and isinstance(c0["scores"], list)
+    assert (c0["n_test"], c0["loss"], c0["accuracy"]) == (10, 1.0, 0.5)
+    assert sorted(c0) == sorted(["train_down", "train_down_payload", "train_up", "train_up_payload", "claimed",
+                                 "train_loss", "head_from", "n_train", "eval_down", "eval_down_payload", "eval_up",
+                                 "eval_up_payload", "n_test", "loss", "accuracy", "val-auc", "scores"])
+    assert sorted(s.exports) == [0, 1] and np.allclose(s.exports[0]["w"].numpy(), arrays["w"].numpy())
+    assert [x["phase"] for x in rec["missing"]] == ["train", "evaluate"]
+    assert rec["missing"][1] == {"phase": "evaluate", "node": n2, "partition": 2,
+                                 "reason": "RuntimeError: boom on 2 second line"}
+    # down: 4 train + 4 evaluate messages of 20 float bytes; up: 3 train updates + 2 personal models
+    payload_down = sum(r.count_bytes() for m in msgs for r in m.content.values()) + sum(
+        c.get("train_down_payload", 0) for c in rec["clients"].values())
+    assert rec["bytes"]["up"] == 100 and rec["bytes"]["down"] == 160 and rec["bytes"]["total"] == 260
+    assert rec["bytes"]["payload_down"] == payload_down and rec["bytes"]["payload_up"] > rec["bytes"]["up"]
+    assert rec["head_rounds"] == {"0": 1, "1": 1, "3": 1} and rec["t_end"] >= rec["t_start"]
+    assert "n_test" not in rec["clients"][3]
+    g.offline.add(n1)
+    assert [m.metadata.dst_node_id for m in s.configure_evaluate(2, arrays, ConfigRecord({}), g)] == [n0, n2, n3]
+    assert s.aggregate_evaluate(3, []) is None and math.isnan(s.history[-1]["accuracy"])
+    assert math.isnan(s.history[-1]["loss"])
+    # a reply from a node that is no longer in the node map is recorded under partition -1
+    late = s.exchange(g, s._messages([n2], arrays, ConfigRecord({"export": False}), MessageType.EVALUATE, "eval"), "x")
+    del s.node_pid[n2]
+    s._cur = {"clients": {}, "missing": []}
+    s.aggregate_evaluate(4, late)
+    assert [(x["node"], x["partition"]) for x in s.history[-1]["missing"]] == [(n2, -1)]
+    fresh = type(s)(2, 1)  # an evaluate-only round, before any training round
+    assert fresh.aggregate_evaluate(1, []) is None and fresh.history[-1]["bytes"]["total"] == 0
+
+
+def test_run_starts_at_a_round_and_reports_each():
+    """Catches: a resumed run that starts over at round 1 (or a fresh one that skips it) or stops one round
+    early, the new arrays not carried into the next round, on_round_end not called after every round, the
+    head rounds not sent, and a silent client's missing replies recorded under the wrong phase."""
+    g, s = _toy([{"step": 1.0}, {"step": 3.0}, {}], rounds=3)
+    n2 = sorted(g.nodes)[2]
+    g.mute[n2] = {MessageType.TRAIN, MessageType.EVALUATE}  # answers the census, then never again
+    ends = []
+    out = s.run(g, W0, ConfigRecord({"spec": "{}"}), ConfigRecord({}), start_round=2,
+                on_round_end=lambda r, a: ends.append((r, float(a["w"].numpy()[0]))))
+    assert ends == [(2, 2.0), (3, 4.0)] and np.allclose(out["w"].numpy(), 4.0)
+    assert [h["round"] for h in s.history] == [2, 3]
+    train = [m for m in g.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert [int(m.content["config"]["server-round"]) for m in train] == [2, 2, 2, 3, 3, 3]
+    assert json.loads(str(train[3].content["config"]["head-rounds"])) == {"0": 2, "1": 2}
+    assert s.state_dict()["round"] == 3
+    assert [(x["phase"], x["partition"]) for x in s.history[0]["missing"]] == [("train", 2), ("evaluate", 2)]
+    g, s = _toy([{"step": 1.0}, {"step": 3.0}], rounds=2)
+    assert np.allclose(s.run(g, W0, ConfigRecord({"spec": "{}"}), ConfigRecord({}))["w"].numpy(), 4.0)
+    assert [h["round"] for h in s.history] == [1, 2]  # by default from round 1
+
+
+def test_load_state_dict_of_an_older_run():
+    """Catches: a state file without the 'bounded' list (written before count bounds existed) or a history
+    entry without clients failing to load, and history client keys left as strings after JSON."""
+    from detectlab.violence.strategy import RobustFedAvg
+
+    st = {"round": 1, "history": [{"round": 0}, {"round": 1, "clients": {"0": {"loss": 1.0}}}], "rejected": [],
+          "head_rounds": {"0": "1"}, "census": {}, "node_pid": {"101": "0"}}
+    s = RobustFedAvg(1, 2)
+    assert s.load_state_dict(st) == 1
+    assert s.bounded == [] and s.history[1]["clients"] == {0: {"loss": 1.0}} and s.history[0]["clients"] == {}
+    assert s.head_rounds == {0: 1} and s.node_pid == {101: 0}
+
+
+def test_aggregator_defaults_by_hand():
+    """Catches: a clip of 0 wrapping the aggregator in a zero-norm clipper, n_clients 0 giving the clipper 0
+    sampled clients, the unknown-aggregation line not listing the choices, and changed defaults (trim fraction,
+    Krum count, clipping, min_clients, export)."""
+    from flwr.serverapp.strategy import FedAvg, FedTrimmedAvg
+
+    from detectlab.violence.strategy import make_aggregator
+
+    assert type(make_aggregator("fedavg")) is FedAvg and type(make_aggregator("fedavg", clip_norm=0.0)) is FedAvg
+    assert make_aggregator("fedavg", clip_norm=1.0, n_clients=0).num_sampled_clients == 1
+    t = make_aggregator("trimmed")
+    assert type(t) is FedTrimmedAvg and t.beta == 0.25
+    with pytest.raises(ValueError, match=r"^unknown aggregation 'x' \(one of fedavg, median, trimmed, krum\)$"):
+        make_aggregator("x")
+    # the strategy's defaults: plain FedAvg, no clipping, one usable update per round, the documented trim and
+    # Krum counts, and no personal-model export on the last round
+    from detectlab.violence.strategy import RobustFedAvg
+
+    s = RobustFedAvg(4, 1)
+    assert type(s.aggregator) is FedAvg and s.needed() == 1 and s.max_weight == 0.0
+    assert RobustFedAvg(4, 1, aggregation="trimmed").aggregator.beta == 0.25
+    assert RobustFedAvg(4, 1, aggregation="krum").aggregator.num_malicious_nodes == 1
+    g = FedGrid(lambda m, c: None, [{"partition-id": 0}])
+    s = RobustFedAvg(1, 1)
+    s.node_pid = {sorted(g.nodes)[0]: 0}
+    assert [bool(m.content["config"]["export"]) for m in s.configure_evaluate(1, W0, ConfigRecord({}), g)] == [False]
