@@ -781,6 +781,7 @@ def test_round_waits_for_enough_nodes():
         return real(**kw)
 
     g.get_node_ids = late
+    s.round_timeout = 30.0  # the fourth look must come before the timeout on a loaded CI machine too
     assert len(s.configure_train(2, W0, ConfigRecord({}), g)) == 2 and len(calls) >= 4
 
 
@@ -806,6 +807,7 @@ def test_exchange_by_hand():
         return [] if len(pulls) == 1 else real(ids)
 
     g.pull_messages = slow
+    s.round_timeout = 30.0  # the second look must come before the timeout on a loaded CI machine too
     got = s.exchange(g, s._messages([n0, n1], W0, ConfigRecord({"export": False}), MessageType.EVALUATE, "eval"), "x")
     assert sorted(s.node_of(m) for m in got) == [n0, n1] and len(pulls) == 2
     g.pull_messages = real
