@@ -95,8 +95,7 @@ def decode_throughput(files: list[Path], size: int, reps: int = 5) -> dict:
     def peer_1thread():
         count["peer_1thread"] = sum(len(_opencv_chunks(f, size, threads=1)) for f in files)
 
-    res = interleaved({"ours": ours, "peer": peer, "peer_1thread": peer_1thread}, reps=reps, warmup=1,
-                      ratio=("ours", "peer"))
+    res = interleaved({"ours": ours, "peer": peer, "peer_1thread": peer_1thread}, reps=reps, warmup=1)
     diffs, mismatched = [], 0
     for a, b in zip(last["ours"], last["peer"]):
         if a.shape != b.shape:
@@ -408,11 +407,10 @@ def deploy_round_time(data: Path, work: Path, size: int = 16, width: int = 4, ro
     Both apps get the same model dict and training windows (resolved from the smoke preset with the same
     overrides). ``same_eval`` (default): the plain app evaluates on the validation clips as well as the test
     clips each round, as our recipe does, so the ratio is the federation's cost, not the recipe's."""
-    from detectlab.violence.flower_app import LocalDeployment, make_sites, write_app
-    from detectlab.violence.model import build_model
-
     from detectlab.core.config import load_config
     from detectlab.violence.config import Config, client_spec, model_dict
+    from detectlab.violence.flower_app import LocalDeployment, make_sites, write_app
+    from detectlab.violence.model import build_model
 
     sites = make_sites(data, work / "sites", "balanced2")
     nc = {i: f'data-dir="{s}" state-dir="{s}/flower"' for i, s in enumerate(sites)}
@@ -502,8 +500,7 @@ def federation(full: bool, tmp: Path, real: Path | None, size: int, model_cfg: d
     r = deploy_round_time(data, tmp / "deploy", size=size, width=model_cfg["width"], rounds=2, reps=5,
                           max_chunks=2)
     return {"round": {"ours_round_s": r["median"]["ours"], "plain_round_s": r["median"]["peer"],
-                      "ratio": r["ratio"], "times": r["times"],
-                      "mode": r["mode"]}, "bytes": r["bytes"]}
+                      "ratio": r["ratio"], "times": r["times"], "mode": r["mode"]}, "bytes": r["bytes"]}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -180,17 +180,17 @@ class Run:
             except json.JSONDecodeError:
                 pinned = {}
         old = pinned.get(name)
-        if old is not None and _fp_key(old) != _fp_key(rec) and _fp_key(old)[:4] == _fp_key(rec)[:4]:
-            oe, ne = old.get("extra") or {}, rec.get("extra") or {}
-            diff = ", ".join(f"{k}: {oe.get(k)!r} -> {ne.get(k)!r}" for k in sorted(set(oe) | set(ne))
-                             if oe.get(k) != ne.get(k))
-            raise InputError(
-                self.dir,
-                f"this run read the same files ({rec['resolved']}) with other {name} settings ({diff}), "
-                "so it cannot be resumed",
-                "the same data settings as its data.json, or a new --out folder",
-            )
         if old is not None and _fp_key(old) != _fp_key(rec):
+            if _fp_key(old)[:4] == _fp_key(rec)[:4]:  # same files, other data settings: name what changed
+                oe, ne = old.get("extra") or {}, rec.get("extra") or {}
+                diff = ", ".join(f"{k}: {oe.get(k)!r} -> {ne.get(k)!r}" for k in sorted(set(oe) | set(ne))
+                                 if oe.get(k) != ne.get(k))
+                raise InputError(
+                    self.dir,
+                    f"this run read the same files ({rec['resolved']}) with other {name} settings ({diff}), "
+                    "so it cannot be resumed",
+                    "the same data settings as its data.json, or a new --out folder",
+                )
             raise InputError(
                 self.dir,
                 f"this run was made on other data ({old.get('resolved')}: {old.get('files', 0)} files, "

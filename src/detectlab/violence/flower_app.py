@@ -434,9 +434,8 @@ class LocalDeployment(_Processes):
                 refused = "code: 2004" in fh.read()
             if not refused or time.monotonic() > deadline:
                 return node
-            for w in (f"warm-{name}",):
-                if w in self.procs:
-                    self.signal(w, signal.SIGTERM)
+            if f"warm-{name}" in self.procs:
+                self.signal(f"warm-{name}", signal.SIGTERM)
             time.sleep(retry_every)
 
     def restart_superlink(self) -> None:

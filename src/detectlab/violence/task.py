@@ -444,10 +444,6 @@ def train_round(model: nn.Module, data: ClientData, spec: dict, state: dict[str,
     return out, state
 
 
-#: how each client's reported model is chosen over rounds (FLConfig.select)
-SELECTS = ("best_val", "best_val_bacc", "last")
-
-
 def _q(x: float) -> float:
     """A validation figure rounded to 1e-9, so float noise (a 1e-16 AUC difference) cannot decide a choice and
     the tie-break that follows it does."""
