@@ -43,7 +43,8 @@ def test_evaluate_metaimage_volumes(model_run, tmp_path, capsys):
 
     ds = load_dataset(data)
     p = np.array([r["p_fluid"] for r in pred["predictions"]])
-    ref = heldout_metrics(ds.labels, p)
+    assert pred["threshold"] == e["threshold"]  # both apply the checkpoint's threshold
+    ref = heldout_metrics(ds.labels, p, e["threshold"])
     for k in ("accuracy", "auc", "balanced_accuracy"):
         assert e[k] == pytest.approx(ref[k], abs=1e-6), k
     vols = e["per_volume"]["volumes"]
@@ -105,3 +106,52 @@ def test_evaluate_bad_data_is_one_line(model_run, tmp_path, capsys):
     assert main(["fluid", "evaluate", str(model_run), str(tmp_path / "empty"), "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no OCT data found" in err
+
+
+def test_evaluate_and_predict_apply_the_checkpoints_threshold(model_run, tmp_path, capsys):
+    """Catches: evaluate or predict deciding at 0.5 whatever threshold the model was trained with (the one
+    chosen on its validation data and stored in its checkpoint), the dark-pocket baseline not at its own stored
+    threshold, --threshold not overriding both, or a threshold that is not a probability accepted."""
+    import shutil
+
+    from detectlab.core.checkpoints import load_checkpoint, save_checkpoint
+    from detectlab.fluid.data import load_dataset
+    from detectlab.fluid.synthetic import generate
+    from detectlab.fluid.train import heldout_metrics
+
+    data = generate(tmp_path / "site2", volumes=2, slices=8, height=48, width=64, seed=7)
+    pred = _predicted(model_run, sorted(data.rglob("oct.mhd")), tmp_path, capsys)
+    p = np.array([r["p_fluid"] for r in pred["predictions"]])
+    y = load_dataset(data).labels
+    # a copy of the run whose checkpoint stores thresholds that decide otherwise than 0.5 does
+    run2 = tmp_path / "run2"
+    shutil.copytree(model_run, run2)
+    ck = run2 / "checkpoints" / "model.safetensors"
+    state, header = load_checkpoint(ck)
+    cands = [q for q in np.unique(p) if (p >= q).sum() != (p >= 0.5).sum()]  # scores that decide otherwise
+    t = float(cands[len(cands) // 2])
+    header = {k: v for k, v in header.items() if k not in ("system", "model_config", "version")}
+    header |= {"threshold": t, "threshold_from": "set by the test"}
+    header["baselines"] = dict(header["baselines"], dark_pockets_lr_threshold=0.9)
+    save_checkpoint(ck, state, "fluid", load_checkpoint(model_run / "checkpoints" / "model.safetensors")[1]["model_config"],
+                    **header)
+
+    out = tmp_path / "ev"
+    assert main(["fluid", "evaluate", str(run2), str(data), "--out", str(out)]) == 0
+    e = json.loads((out / "metrics.json").read_text())["models"]["model"]
+    assert e["threshold"] == t and e["threshold_from"] == "set by the test"
+    assert e["balanced_accuracy"] == pytest.approx(heldout_metrics(y, p, t)["balanced_accuracy"], abs=1e-6)
+    assert e["baselines"]["dark_pockets_lr"]["threshold"] == 0.9 and e["baselines"]["majority"]["threshold"] == 0.5
+    pr = _predicted(run2, sorted(data.rglob("oct.mhd")), tmp_path / "p2", capsys)
+    assert pr["threshold"] == t
+    assert [r["label"] for r in pr["predictions"]] == ["fluid" if q >= t else "no_fluid" for q in p]
+
+    out2 = tmp_path / "ev05"
+    assert main(["fluid", "evaluate", str(run2), str(data), "--out", str(out2), "--threshold", "0.5"]) == 0
+    e2 = json.loads((out2 / "metrics.json").read_text())["models"]["model"]
+    assert e2["threshold"] == 0.5 and e2["baselines"]["dark_pockets_lr"]["threshold"] == 0.5
+    assert e2["sensitivity"] == pytest.approx(heldout_metrics(y, p, 0.5)["sensitivity"], abs=1e-6)
+    capsys.readouterr()
+    assert main(["fluid", "evaluate", str(run2), str(data), "--out", str(tmp_path / "bad"), "--threshold", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--threshold 1.5" in err

@@ -72,6 +72,21 @@ def test_protocol_metrics_tables_and_baselines(tiny_run):
     assert (out / "checkpoints" / "mask-train90-resnet18-bs=8.safetensors").exists()
 
 
+def test_protocol_checkpoints_store_the_folds_thresholds(tiny_run):
+    """Catches: a protocol checkpoint without the decision threshold its fold chose on the inner validation
+    split (evaluate and predict would then decide at 0.5), or a stored dark-pocket baseline fitted and
+    thresholded otherwise than the protocol's own baseline row of that fold."""
+    from detectlab.core.checkpoints import read_header
+
+    units = _units(tiny_run)
+    for name in ("train90-resnet18-bs=8", "mask-train90-resnet18-bs=8", "train10-resnet18-bs=8"):
+        h = read_header(tiny_run / "checkpoints" / f"{name}.safetensors")
+        u = units[f"{name}-fold=0"]
+        assert h["threshold"] == u["threshold"] and h["threshold_from"].startswith("Youden")
+        base = units[f"baseline-{u['design']}-retina-32x48-fold=0"]["dark_pockets_lr"]
+        assert h["baselines"]["dark_pockets_lr_threshold"] == pytest.approx(base["threshold"], abs=1e-12)
+
+
 def test_fold_units_keep_subjects_apart(tiny_run):
     """Catches: a fold whose fitting, inner-validation and test parts share subjects, and a train10 that does
     not train on fewer images than it is tested on."""
@@ -121,7 +136,7 @@ def test_predict_folder_volume_and_png_with_saliency(tiny_run, tmp_path, capsys)
     assert len(rows) == 11 and len(list((tmp_path / "pred" / "saliency").glob("*.png"))) == 11
     (vol,) = pred["volumes"]
     assert vol["bscans"] == 10 and vol["fluid"] == bool(vol["fluid_bscans"])
-    assert vol["fluid_bscans"] == [r["slice"] for r in rows if r["volume"] and r["p_fluid"] >= 0.5]
+    assert vol["fluid_bscans"] == [r["slice"] for r in rows if r["volume"] and r["p_fluid"] >= pred["threshold"]]
     assert f"# volume {inp / 'vol' / 'oct.mhd'}: " in text
     p_png = next(r["p_fluid"] for r in rows if r["bscan"].endswith("scan.png"))
     p_vol = next(r["p_fluid"] for r in rows if r["slice"] == 3)
@@ -150,14 +165,31 @@ def test_predict_refuses_tiny_images_and_bad_inputs(tiny_run, tmp_path, capsys):
     assert main(["fluid", "predict", str(out), str(tiny), "--checkpoint", "nope"]) == 2
 
 
-def test_train_command_groups_by_subject_then_predict(tmp_path, capsys):
+def test_train_command_groups_by_subject_then_predict(tmp_path, capsys, monkeypatch):
     """Fault 1: `fluid train` grouped only with >= 10 subjects, so with 4 subjects its validation B-scans came
-    from training subjects too; now the split is by subject whenever subjects are known."""
+    from training subjects too; now the split is by subject whenever subjects are known. Also catches: the
+    decision thresholds stored in the checkpoint (model and dark-pocket LR) not chosen on the validation split
+    (on the training part, or left at 0.5), or stored ones that differ from those chosen."""
+    from detectlab.core.checkpoints import read_header
+    from detectlab.fluid import train as T
+
+    calls = []
+
+    def spy(y, prob):
+        calls.append((np.asarray(y).copy(), T.youden_threshold.__wrapped__(y, prob)))
+        return calls[-1][1]
+
+    spy.__wrapped__ = T.youden_threshold
+    monkeypatch.setattr(T, "youden_threshold", spy)
     out = tmp_path / "train"
     ov = ["archs=['squeezenet']", "batch_sizes=[8]", "crop=retina", "band_size=[32,48]", "train.max_epochs=1",
           "synthetic.volumes=4", "synthetic.slices=10", "synthetic.height=48", "synthetic.width=64"]
     assert main(["fluid", "train", "--data", "builtin", "--out", str(out), *ov]) == 0
     m = json.loads((out / "metrics.json").read_text())
+    h = read_header(out / "checkpoints" / "model.safetensors")
+    assert len(calls) == 2 and all(len(y) == m["n_val"] for y, _ in calls)  # model, then the LR: on validation
+    assert h["threshold"] == calls[0][1] == m["threshold"]
+    assert h["baselines"]["dark_pockets_lr_threshold"] == calls[1][1] == m["dark_pockets_lr_threshold"]
     assert m["grouped_by_subject"] and m["n_train"] + m["n_val"] == 40
     assert m["train_subjects"] and m["val_subjects"] and not set(m["train_subjects"]) & set(m["val_subjects"])
     assert m["n_val"] == 10 * len(m["val_subjects"])

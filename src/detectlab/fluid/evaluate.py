@@ -5,11 +5,13 @@ MetaImage volumes with their reference volumes, or class folders (Kermany OCT201
 MODEL_RUN: a `fluid train` folder (its model) or a `fluid run` folder (every fold-0 checkpoint, or the one
 named by --checkpoint).
 
-Metrics, as in the protocol: accuracy, AUC, balanced accuracy, sensitivity, specificity at the threshold
-(0.5), with labels from the region each network sees where masks are known; per volume (MetaImage): a
+Metrics, as in the protocol: accuracy, AUC, balanced accuracy, sensitivity, specificity at each model's
+decision threshold (the one stored in its checkpoint: chosen on validation data of the training side by
+Youden's J for `fluid train` and selection="inner", 0.5 for the paper's rule and for older checkpoints; or
+--threshold for every model and baseline), with labels from the region each network sees where masks are known; per volume (MetaImage): a
 volume is fluid when any B-scan is, scored against its reference. Baseline rows: the majority class and the
-dark-pocket logistic regression *fitted on the model's own training part* (stored in its checkpoint), applied
-to the same data; a model whose balanced accuracy is not above the best of them is below_baseline. With
+dark-pocket logistic regression *fitted on the model's own training part* (stored in its checkpoint with its
+own threshold, chosen as the model's), applied to the same data; a model whose balanced accuracy is not above the best of them is below_baseline. With
 masks: the share of fluid B-scans whose Grad-CAM peak falls inside the mask.
 """
 
@@ -25,7 +27,11 @@ import torch
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="", help="one checkpoint name in MODEL_RUN/checkpoints (default: all)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability at or above which a B-scan is fluid")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability at or above which a B-scan is fluid, for every model and baseline (default: "
+                        "the threshold stored in each checkpoint, chosen on validation data when it was trained; "
+                        "0.5 for checkpoints that hold none)")
+
 
 
 def checkpoints(model_run: Path, name: str = "") -> list[Path]:
@@ -66,17 +72,19 @@ def run(model_run: Path, data: Path, out: Path, args: argparse.Namespace) -> int
     from detectlab.fluid import baseline as B
     from detectlab.fluid.data import Prep, load_dataset, prepare
     from detectlab.fluid.saliency import saliency_on
-    from detectlab.fluid.train import heldout_metrics, load_model, predict_probs
+    from detectlab.fluid.train import heldout_metrics, load_model, predict_probs, stored_threshold
 
     model_run, data = Path(model_run), Path(data)
     if not (model_run / "config.toml").exists():
         raise InputError(model_run, "not a detectlab run folder (no config.toml)", "the --out folder of fluid train/run")
     cks = checkpoints(model_run, getattr(args, "checkpoint", "") or "")
-    thr = float(getattr(args, "threshold", 0.5))
+    given = getattr(args, "threshold", None)
+    if given is not None and not 0.0 <= float(given) <= 1.0:
+        raise InputError(f"--threshold {given}", "is not a probability", "a number from 0 to 1")
     device = choose_device(getattr(args, "device", "auto") or "auto")
     ds = load_dataset(data)
     run = evaluation_run(out, "fluid", model_run, data, {"checkpoint": getattr(args, "checkpoint", "") or "all",
-                                                         "threshold": thr})
+                                                         "threshold": "stored" if given is None else float(given)})
     rows: list[dict[str, Any]] = []
     entries: dict[str, Any] = {}
     feats: dict[Any, np.ndarray] = {}
@@ -84,6 +92,7 @@ def run(model_run: Path, data: Path, out: Path, args: argparse.Namespace) -> int
         for ck in cks:
             model, mc = load_model(ck, device)
             header = read_header(ck)
+            thr, thr_from = stored_threshold(header, given)
             prep = Prep.from_dict(mc["prep"])
             p = prepare(ds, prep)
             logits, y = predict_probs(model, p, device)
@@ -91,7 +100,8 @@ def run(model_run: Path, data: Path, out: Path, args: argparse.Namespace) -> int
             yy = y.numpy()
             m = heldout_metrics(yy, prob, thr)
             e: dict[str, Any] = {"checkpoint": ck.name, "arch": mc["arch"], "input": f"{prep.crop}-{prep.size[0]}x"
-                                 f"{prep.size[1]}", **m, "relabelled": p.relabelled}
+                                 f"{prep.size[1]}", **m, "threshold": thr, "threshold_from": thr_from,
+                                 "relabelled": p.relabelled}
             vm = volume_metrics(ds, yy, prob, thr)
             if vm is not None:
                 e["per_volume"] = vm
@@ -99,20 +109,22 @@ def run(model_run: Path, data: Path, out: Path, args: argparse.Namespace) -> int
                 sal = saliency_on(model, p, device)
                 e["saliency"] = {k: v for k, v in sal.items() if k not in ("index", "hit")}
             group = ck.stem
-            rows.append({"kind": "model", "group": group, "name": ck.stem, **_cells(m),
+            rows.append({"kind": "model", "group": group, "name": ck.stem, "threshold": round(thr, 4), **_cells(m),
                          "volume_balanced_accuracy": round(vm["balanced_accuracy"], 3) if vm else ""})
             stored = header.get("baselines")
             if stored:
                 if prep not in feats:
                     feats[prep] = B.features_of(p)
-                base = {"majority": np.full(len(yy), float(stored["train_fluid_share"])),
-                        "dark_pockets_lr": B.apply_pocket_lr(stored["dark_pockets_lr"], feats[prep])}
+                lr_thr = float(given) if given is not None else float(stored.get("dark_pockets_lr_threshold", 0.5))
+                base = {"majority": (np.full(len(yy), float(stored["train_fluid_share"])),
+                                     float(given) if given is not None else 0.5),
+                        "dark_pockets_lr": (B.apply_pocket_lr(stored["dark_pockets_lr"], feats[prep]), lr_thr)}
                 e["baselines"] = {}
-                for bname, bp in base.items():
-                    bm = heldout_metrics(yy, bp, thr)
+                for bname, (bp, bthr) in base.items():
+                    bm = heldout_metrics(yy, bp, bthr) | {"threshold": bthr}
                     e["baselines"][bname] = bm
                     rows.append({"kind": "baseline", "group": group, "name": f"{bname} (fitted with {ck.stem})",
-                                 **_cells(bm), "volume_balanced_accuracy": ""})
+                                 "threshold": round(bthr, 4), **_cells(bm), "volume_balanced_accuracy": ""})
             entries[ck.stem] = e
         mark_below_baseline(rows, "balanced_accuracy", group_by=("group",), name_key="name")
         for r in rows:
@@ -120,12 +132,16 @@ def run(model_run: Path, data: Path, out: Path, args: argparse.Namespace) -> int
                 entries[r["group"]]["below_baseline"] = r["below_baseline"]
                 entries[r["group"]]["best_baseline"] = r["best_baseline"]
         metrics = {"model_run": str(model_run), "data": str(data), "source": ds.source, "n_images": len(ds),
-                   "counts": ds.counts(), "threshold": thr, "masks_known": ds.masks is not None, "models": entries}
+                   "counts": ds.counts(), "threshold": "stored in each checkpoint" if given is None else float(given),
+                   "masks_known": ds.masks is not None, "models": entries}
         run.write_metrics(metrics)
         run.write_table("evaluation", rows, title=f"{model_run.name} on {data}",
-                        columns=["kind", "group", "name", "accuracy", "auc", "balanced_accuracy", "sensitivity",
+                        columns=["kind", "group", "name", "threshold", "accuracy", "auc", "balanced_accuracy", "sensitivity",
                                  "specificity", "n", "volume_balanced_accuracy", "below_baseline", "best_baseline"],
-                        note=f"{len(ds)} B-scans ({ds.counts()}); threshold {thr}. Baselines fitted on each model's "
+                        note=f"{len(ds)} B-scans ({ds.counts()}); " + (
+                             f"threshold {float(given)} for every row (--threshold)" if given is not None else
+                             "each row at its own threshold, stored with the model when it was trained (chosen on "
+                             "validation data of its training side; 0.5 where none is stored)") + ". Baselines fitted on each model's "
                              "training part (stored in its checkpoint). below_baseline: balanced accuracy not "
                              "above the best baseline's.")
         sal_rows = [{"checkpoint": k, "fluid_bscans": e["saliency"]["n"], "peak_in_mask": e["saliency"].get("hits", 0),

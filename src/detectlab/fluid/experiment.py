@@ -133,15 +133,31 @@ def fold_unit(variant: str, design: str, arch: str, batch: int, fold: int, cfg_d
     if ckpt:
         save_checkpoint(ckpt, model, SYSTEM, model_config(cfg, arch, prep, mask), val_accuracy=res.best_accuracy,
                         design=design, fold=fold, batch=batch, variant=variant, selection=cfg.selection,
-                        baselines=stored_baselines(allp, sp["train"], cfg.seed))
+                        threshold=thr, threshold_from=THRESHOLD_FROM[cfg.selection],
+                        baselines=stored_baselines(allp, sp, cfg.selection, cfg.seed))
     return out
 
 
-def stored_baselines(allp, train_idx, seed: int) -> dict[str, Any]:
-    """The baselines fitted on a model's training part, for its checkpoint (evaluate applies them to new data)."""
-    y = allp.y[torch.as_tensor(np.asarray(train_idx))].numpy()
-    f = B.features_of(allp.take(train_idx))
-    return {"train_fluid_share": float(y.mean()), "dark_pockets_lr": B.fit_pocket_lr(f, y, seed)}
+#: where a checkpoint's decision threshold came from, by cfg.selection (evaluate and predict use it)
+THRESHOLD_FROM = {"inner": "Youden's J on the inner validation split of the training side",
+                  "test": "0.5 (the paper's rule)"}
+
+
+def stored_baselines(allp, sp: dict[str, Any], selection: str, seed: int) -> dict[str, Any]:
+    """The baselines as the protocol fits them on a model's training side, for its checkpoint (evaluate applies
+    them to new data): with selection "inner" the dark-pocket LR is fitted on the fitting part and its threshold
+    chosen on the inner validation split (Youden's J), as the network's; otherwise fitted on the whole training
+    part, threshold 0.5."""
+    y_all = allp.y.numpy()
+    train = np.asarray(sp["train"])
+    share = float(y_all[train].mean())
+    if selection == "inner":
+        fit_idx, val_idx = np.asarray(sp["fit"]), np.asarray(sp["val"])
+        params = B.fit_pocket_lr(B.features_of(allp.take(fit_idx)), y_all[fit_idx], seed)
+        thr = youden_threshold(y_all[val_idx], B.apply_pocket_lr(params, B.features_of(allp.take(val_idx))))
+    else:
+        params, thr = B.fit_pocket_lr(B.features_of(allp.take(train)), y_all[train], seed), 0.5
+    return {"train_fluid_share": share, "dark_pockets_lr": params, "dark_pockets_lr_threshold": float(thr)}
 
 
 _FEATURES: dict[tuple, np.ndarray] = {}

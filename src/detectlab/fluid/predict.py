@@ -22,7 +22,9 @@ import numpy as np
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="",
                    help="checkpoint name in RUN/checkpoints (default: model, else the best validation accuracy)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability at or above which a B-scan is 'fluid'")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability at or above which a B-scan is 'fluid' (default: the threshold stored in the "
+                        "checkpoint, chosen on validation data when it was trained; 0.5 if it holds none)")
     p.add_argument("--no-saliency", action="store_true", help="do not write Grad-CAM saliency maps under --out")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto [cpu]")
 
@@ -111,21 +113,28 @@ def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Na
     from detectlab.fluid.data import IMAGE_EXT, Prep, crop_box, preprocess, remove_wedge
     from detectlab.fluid.figures import overlay_png
     from detectlab.fluid.saliency import gradcam, peak_points
-    from detectlab.fluid.train import load_model
+    from detectlab.fluid.train import load_model, stored_threshold
 
     folder, _ = open_run(model_run)
     ck = pick_checkpoint(folder, getattr(args, "checkpoint", "") or "")
     device = choose_device(getattr(args, "device", "cpu") or "cpu")
     model, mc = load_model(ck, device)
     prep = Prep.from_dict(mc["prep"])
-    thr = float(getattr(args, "threshold", 0.5))
+    from detectlab.core.checkpoints import read_header
+    from detectlab.core.errors import InputError
+
+    given = getattr(args, "threshold", None)
+    if given is not None and not 0.0 <= float(given) <= 1.0:
+        raise InputError(f"--threshold {given}", "is not a probability", "a number from 0 to 1")
+    thr, thr_from = stored_threshold(read_header(ck), given)
     files = expand_inputs(inputs)
     sal_dir = None
     if out is not None and not getattr(args, "no_saliency", False):
         sal_dir = Path(out) / "saliency"
         sal_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    print(f"# model {ck.name} ({mc['arch']}, input {prep.size[0]}x{prep.size[1]} px, {prep.crop} crop)")
+    print(f"# model {ck.name} ({mc['arch']}, input {prep.size[0]}x{prep.size[1]} px, {prep.crop} crop); "
+          f"fluid at p >= {thr:.4g} ({thr_from})")
     print(f"{'b-scan':<56} {'p_fluid':>8} {'label':>9}")
 
     def flush(batch: list[tuple]) -> None:
@@ -168,6 +177,7 @@ def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Na
         print(f"# volume {v['volume']}: {'FLUID' if v['fluid'] else 'no fluid'} ({len(v['fluid_bscans'])} of "
               f"{v['bscans']} B-scans: {which})")
     if out is not None:
-        write_json(Path(out) / "predictions.json", {"checkpoint": str(ck), "threshold": thr, "prep": prep.as_dict(),
+        write_json(Path(out) / "predictions.json", {"checkpoint": str(ck), "threshold": thr,
+                                                    "threshold_from": thr_from, "prep": prep.as_dict(),
                                                     "predictions": rows, "volumes": vols})
     return 0

@@ -148,6 +148,14 @@ def heldout_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> 
             "sensitivity": sens, "specificity": spec, "n": int(len(y)), "n_fluid": int(y.sum())}
 
 
+def stored_threshold(header: dict[str, Any], given: float | None) -> tuple[float, str]:
+    """(threshold, where it came from) for one checkpoint: --threshold when given, else the checkpoint's."""
+    if given is not None:
+        return float(given), "--threshold"
+    if header.get("threshold") is not None:
+        return float(header["threshold"]), str(header.get("threshold_from", "stored in the checkpoint"))
+    return 0.5, "0.5 (checkpoint stores no threshold)"
+
 def youden_threshold(y: np.ndarray, prob: np.ndarray) -> float:
     """The probability threshold (predict fluid at or above it) that maximises sensitivity + specificity on
     (y, prob), half-way to the next lower score; 0.5 when y has one class only."""
@@ -449,15 +457,23 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
     model.load_state_dict(res.state)
     from detectlab.fluid import baseline as B
 
-    ytr = allp.y[torch.as_tensor(tr)].numpy()
-    stored = {"train_fluid_share": float(ytr.mean()),
-              "dark_pockets_lr": B.fit_pocket_lr(B.features_of(allp.take(tr)), ytr, cfg.seed)}
+    # the decision thresholds (model and dark-pocket LR) by Youden's J on the validation split, as the protocol's
+    # "inner" selection does; evaluate and predict apply them unless told --threshold
+    yall = allp.y.numpy()
+    vlog, vy = predict_probs(model, allp.take(va), device, cfg.train.eval_batch)
+    thr = youden_threshold(vy.numpy(), torch.softmax(vlog, 1)[:, 1].numpy())
+    lr = B.fit_pocket_lr(B.features_of(allp.take(tr)), yall[tr], cfg.seed)
+    lr_thr = youden_threshold(yall[va], B.apply_pocket_lr(lr, B.features_of(allp.take(va))))
+    stored = {"train_fluid_share": float(yall[tr].mean()), "dark_pockets_lr": lr,
+              "dark_pockets_lr_threshold": float(lr_thr)}
     ck = save_checkpoint(run.checkpoints / "model.safetensors", model, SYSTEM, model_config(cfg, arch, prep, mask),
-                         val_accuracy=res.best_accuracy, baselines=stored)
+                         val_accuracy=res.best_accuracy, threshold=thr,
+                         threshold_from="Youden's J on the validation split of `fluid train`", baselines=stored)
     metrics = {"arch": arch, "batch": batch, "batch_ran": res.batch, "input_size": list(prep.size),
                "n_train": len(tr), "n_val": len(va), "grouped_by_subject": grouped,
                "train_subjects": sorted(set(ds.subjects[tr].tolist())), "val_subjects": sorted(set(ds.subjects[va].tolist())),
                "params": count_params(model), "accuracy": res.best_accuracy, "auc": res.best_auc,
+               "threshold": thr, "dark_pockets_lr_threshold": float(lr_thr),
                "iterations_to_best": res.iterations_to_best, "iterations": res.iterations,
                "seconds": res.seconds, "checkpoint": str(ck), "data": ds.source, "relabelled": allp.relabelled}
     run.write_metrics(metrics)
