@@ -66,6 +66,7 @@ TESTS: dict[str, list[str]] = {
                                            "tests/violence/test_violence_strategy.py::test_short_reason_takes_the_last_message",
                                            "tests/violence/test_violence_strategy.py::test_sampling_is_pinned_to_the_seed",
                                            "tests/violence/test_violence_strategy.py::test_census_by_hand_errors_and_takeover",
+                                           "tests/violence/test_violence_strategy.py::test_two_newcomers_for_one_partition_are_both_refused",
                                            "tests/violence/test_violence_strategy.py::test_round_waits_for_enough_nodes",
                                            "tests/violence/test_violence_strategy.py::test_exchange_by_hand",
                                            "tests/violence/test_violence_strategy.py::test_aggregate_train_by_hand",

@@ -235,7 +235,9 @@ class RobustFedAvg(FedAvg):
         The census before round 1 (and on every resume) must hear from every partition, once; a node that
         does not answer (e.g. a killed SuperNode not yet marked offline) is left out. A later census, for
         nodes that appeared mid-run (a restarted SuperNode with a new id), lets the new node take over its
-        partition."""
+        partition; two newcomers that say the same partition are both refused (a warning names them; the
+        partition's current node, if any, keeps serving it), since which of them holds the right data cannot be
+        told."""
         strict = nodes is None
         cur, self._cur = self._cur, {"round": 0, "missing": []}
         if nodes is None:
@@ -244,6 +246,7 @@ class RobustFedAvg(FedAvg):
                         dst_node_id=n) for n in nodes]
         found: dict[int, dict] = {}
         seen: dict[int, int] = {}
+        doubled: dict[int, list[int]] = {}  # mid-run: partition -> every newcomer that says it
         for m in self.exchange(grid, msgs, "census"):
             node = self.node_of(m)
             if m.has_error():
@@ -254,14 +257,23 @@ class RobustFedAvg(FedAvg):
             pid = int(info["partition"])
             if not 0 <= pid < self.n_clients:
                 raise FederationError(f"census: node {node} says partition-id {pid}, expected 0..{self.n_clients - 1}")
-            if strict and pid in seen:
-                raise FederationError(f"census: two SuperNodes ({seen[pid]} and {node}) say they are partition {pid}")
+            if pid in seen:
+                if strict:
+                    raise FederationError(f"census: two SuperNodes ({seen[pid]} and {node}) say they are "
+                                          f"partition {pid}")
+                doubled.setdefault(pid, [seen[pid]]).append(node)
+                continue
             seen[pid] = node
             known = self.census.get(pid)
             if known is not None and known.get("fingerprint") != info.get("fingerprint"):
                 raise FederationError(f"census: the data of partition {pid} changed since the run started "
                                       f"(fingerprint {known.get('fingerprint')} -> {info.get('fingerprint')})")
             found[pid] = info
+        for pid, nodes_ in doubled.items():
+            why = f"census: SuperNodes {', '.join(map(str, nodes_))} all say they are partition {pid}; none is used"
+            log(WARNING, why)  # pragma: no mutate
+            progress.log(why)
+            del seen[pid], found[pid]
         for pid, node in seen.items():
             for old, p in list(self.node_pid.items()):  # a restarted node (new id) replaces the old one
                 if p == pid and old != node:
