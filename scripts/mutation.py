@@ -35,6 +35,7 @@ TESTS: dict[str, list[str]] = {
     "src/detectlab/core/splits.py": ["tests/core/test_metrics_splits.py"],
     # units: the Ray test is left out (a Ray start per mutant); its paths are covered by the others
     "src/detectlab/core/units.py": ["tests/core/test_runs_units_config.py", "tests/core/test_units_ray_glue.py",
+                                    "tests/core/test_units_modes.py",
                                     "tests/core/test_core_facilities.py::test_units_in_two_worker_processes_resume",
                                     "tests/core/test_core_facilities.py::test_bad_input_in_a_worker_process_is_one_input_error",
                                     "tests/core/test_core_facilities.py::test_ray_requests_gpus_when_the_units_run_on_cuda",

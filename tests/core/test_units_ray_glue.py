@@ -32,6 +32,8 @@ class FakeRay(types.ModuleType):
         self.inits: list[dict] = []
         self.options_seen: list[dict] = []
         self.cancelled: list[int] = []
+        self.cancel_kwargs: list[dict] = []
+        self.threads_seen: list[int] = []
         self.gpus = gpus
         self._init = False
         self.results: dict[int, tuple[bool, object]] = {}
@@ -55,6 +57,7 @@ class FakeRay(types.ModuleType):
                 return self
 
             def remote(self, f, kwargs, threads):
+                ray.threads_seen.append(threads)
                 ref = len(ray.results)
                 try:
                     ray.results[ref] = (True, fn(f, kwargs, threads))
@@ -73,8 +76,9 @@ class FakeRay(types.ModuleType):
             raise v
         return v
 
-    def cancel(self, ref, force=False):
+    def cancel(self, ref, **kw):
         self.cancelled.append(ref)
+        self.cancel_kwargs.append(kw)
 
 
 @pytest.fixture
@@ -176,3 +180,69 @@ def test_unit_keys_files_and_unreadable_results(tmp_path):
         u2 = Unit(u.key, _unitfns.square, {"x": 5, "log": str(log)})
         assert run_units(run, [u2]) == {u.key: {"sq": 25}}
         assert _unitfns.calls(str(log)) == [5]
+
+
+def test_ray_init_arguments_and_environment_exactly(fake_ray, monkeypatch):
+    """Fault caught: workers not given this checkout's src/ ahead of the caller's PYTHONPATH (entries split
+    on anything but the path separator, or the variable's name mistyped), Ray's accelerator override not set
+    to "0" in the workers and the driver (Ray would then hide GPUs from tasks that ask for none; a value the
+    user set is kept, and passed on to the workers), Ray's worker logs sent to the driver's terminal, or the runtime environment not
+    passed, for 'local' and for a cluster address."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    monkeypatch.setenv("PYTHONPATH", "/a b:/c")
+    monkeypatch.delenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", raising=False)
+    monkeypatch.setenv("DETECTLAB_THREADS", "3")
+    monkeypatch.setenv("OTHER_SETTING", "x")
+    ray_init("local")
+    env = {"DETECTLAB_THREADS": "3", "PYTHONPATH": f"{src}:/a b:/c", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    assert fake_ray.inits == [{"log_to_driver": False, "include_dashboard": False, "runtime_env": {"env_vars": env}}]
+    assert __import__("os").environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "0"
+    fake_ray._init = False
+    monkeypatch.delenv("PYTHONPATH")
+    monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
+    ray_init("head:6379")
+    env = {"DETECTLAB_THREADS": "3", "PYTHONPATH": src, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+    assert fake_ray.inits[1] == {"address": "head:6379", "log_to_driver": False, "runtime_env": {"env_vars": env}}
+    assert __import__("os").environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"
+
+
+def test_ray_options_without_a_cluster_or_without_gpus_ask_for_none(fake_ray):
+    """Fault caught: device 'auto' asking for a GPU when Ray is not started yet or its cluster lists no GPU
+    resource at all (the tasks would wait forever on a CPU cluster)."""
+    from detectlab.core.units import ray_options
+
+    u = [Unit("a", _unitfns.square, {"x": 1})]
+    assert ray_options(u, "auto") == [{"num_cpus": 1.0, "num_gpus": 0.0}]  # not initialised
+    fake_ray._init = True
+    assert ray_options(u, "auto") == [{"num_cpus": 1.0, "num_gpus": 0.0}]  # cluster_resources has no "GPU"
+    fake_ray.gpus = 1.0
+    assert ray_options(u, "auto") == [{"num_cpus": 1.0, "num_gpus": 1.0}]
+
+
+def test_ray_tasks_threads_device_progress_logs_and_forced_cancel(tmp_path, fake_ray, monkeypatch):
+    """Fault caught: a Ray task's thread count not its num_cpus (at least 1), the grid's device not passed to
+    the resource requests (cpu runs on a GPU cluster asking for GPUs), no progress bar description or total,
+    no log line per finished or failed task, or the tasks left after a bad input cancelled without force
+    (a running task would go on to its end)."""
+    from detectlab.core import progress
+
+    from test_units_modes import Bars
+
+    bars = Bars()
+    monkeypatch.setattr(progress, "make_progress", bars)
+    fake_ray.gpus = 4.0
+    units = [Unit("a", _unitfns.square, {"x": 1}), Unit("b", _unitfns.square, {"x": 2}, num_cpus=3),
+             Unit("c", _unitfns.crash, {"x": 3}, num_cpus=0.5)]
+    with Run(tmp_path / "r", {"k": 1}, "t") as run:
+        with pytest.raises(UnitError):
+            run_units(run, units, ray_address="local", device="cpu", description="grid")
+    assert fake_ray.threads_seen == [1, 3, 1]
+    assert [o["num_gpus"] for o in fake_ray.options_seen] == [0.0, 0.0, 0.0]
+    assert bars.tasks == [{"description": "grid", "total": 3, "advanced": 3}]
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert "grid: finished a on ray" in log and "grid: unit c failed on ray: TaskError(" in log
+    units = [Unit("bad", _unitfns.bad_input, {"path": "x.edf"}), Unit("ok", _unitfns.square, {"x": 2})]
+    with Run(tmp_path / "r2", {"k": 1}, "t") as run:
+        with pytest.raises(InputError):
+            run_units(run, units, ray_address="local")
+    assert fake_ray.cancel_kwargs == [{"force": True}]

@@ -179,8 +179,10 @@ def ray_init(address: str) -> None:
     env = {k: v for k, v in os.environ.items() if k.startswith("DETECTLAB_")}
     src = str(Path(__file__).resolve().parents[2])  # this checkout's src/, for workers on this machine
     env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # tasks that ask for no GPU keep seeing the GPUs (Ray would hide them); a value the user set wins, in the
+    # driver and in the workers alike
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"]
     runtime_env = {"env_vars": env}
     if address == "local":  # a Ray cluster of this machine only
         ray.init(log_to_driver=False, include_dashboard=False, runtime_env=runtime_env)
