@@ -188,7 +188,11 @@ def test_ray_init_arguments_and_environment_exactly(fake_ray, monkeypatch):
     to "0" in the workers and the driver (Ray would then hide GPUs from tasks that ask for none; a value the
     user set is kept, and passed on to the workers), Ray's worker logs sent to the driver's terminal, or the runtime environment not
     passed, for 'local' and for a cluster address."""
+    import os
+
     src = str(Path(__file__).resolve().parents[2] / "src")
+    for k in [k for k in os.environ if k.startswith("DETECTLAB_")]:  # CI sets DETECTLAB_DATA
+        monkeypatch.delenv(k)
     monkeypatch.setenv("PYTHONPATH", "/a b:/c")
     monkeypatch.delenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", raising=False)
     monkeypatch.setenv("DETECTLAB_THREADS", "3")
@@ -196,14 +200,14 @@ def test_ray_init_arguments_and_environment_exactly(fake_ray, monkeypatch):
     ray_init("local")
     env = {"DETECTLAB_THREADS": "3", "PYTHONPATH": f"{src}:/a b:/c", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
     assert fake_ray.inits == [{"log_to_driver": False, "include_dashboard": False, "runtime_env": {"env_vars": env}}]
-    assert __import__("os").environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "0"
+    assert os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "0"
     fake_ray._init = False
     monkeypatch.delenv("PYTHONPATH")
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
     ray_init("head:6379")
     env = {"DETECTLAB_THREADS": "3", "PYTHONPATH": src, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
     assert fake_ray.inits[1] == {"address": "head:6379", "log_to_driver": False, "runtime_env": {"env_vars": env}}
-    assert __import__("os").environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"
+    assert os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"
 
 
 def test_ray_options_without_a_cluster_or_without_gpus_ask_for_none(fake_ray):
