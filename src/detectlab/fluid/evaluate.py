@@ -8,11 +8,12 @@ named by --checkpoint).
 Metrics, as in the protocol: accuracy, AUC, balanced accuracy, sensitivity, specificity at each model's
 decision threshold (the one stored in its checkpoint: chosen on validation data of the training side by
 Youden's J for `fluid train` and selection="inner", 0.5 for the paper's rule and for older checkpoints; or
---threshold for every model and baseline), with labels from the region each network sees where masks are known; per volume (MetaImage): a
-volume is fluid when any B-scan is, scored against its reference. Baseline rows: the majority class and the
-dark-pocket logistic regression *fitted on the model's own training part* (stored in its checkpoint with its
-own threshold, chosen as the model's), applied to the same data; a model whose balanced accuracy is not above the best of them is below_baseline. With
-masks: the share of fluid B-scans whose Grad-CAM peak falls inside the mask.
+--threshold for every model and baseline), with labels from the region each network sees where masks are
+known; per volume (MetaImage): a volume is fluid when any B-scan is, scored against its reference. Baseline
+rows: the majority class and the dark-pocket logistic regression *fitted on the model's own training part*
+(stored in its checkpoint with its own threshold, chosen as the model's), applied to the same data; a model
+whose balanced accuracy is not above the best of them is below_baseline. With masks: the share of fluid
+B-scans whose Grad-CAM peak falls inside the mask.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="probability at or above which a B-scan is fluid, for every model and baseline (default: "
                         "the threshold stored in each checkpoint, chosen on validation data when it was trained; "
                         "0.5 for checkpoints that hold none)")
-
 
 
 def checkpoints(model_run: Path, name: str = "") -> list[Path]:
@@ -136,14 +136,14 @@ def run(model_run: Path, data: Path, out: Path, args: argparse.Namespace) -> int
                    "masks_known": ds.masks is not None, "models": entries}
         run.write_metrics(metrics)
         run.write_table("evaluation", rows, title=f"{model_run.name} on {data}",
-                        columns=["kind", "group", "name", "threshold", "accuracy", "auc", "balanced_accuracy", "sensitivity",
-                                 "specificity", "n", "volume_balanced_accuracy", "below_baseline", "best_baseline"],
+                        columns=["kind", "group", "name", "threshold", "accuracy", "auc", "balanced_accuracy",
+                                 "sensitivity", "specificity", "n", "volume_balanced_accuracy", "below_baseline", "best_baseline"],
                         note=f"{len(ds)} B-scans ({ds.counts()}); " + (
                              f"threshold {float(given)} for every row (--threshold)" if given is not None else
                              "each row at its own threshold, stored with the model when it was trained (chosen on "
-                             "validation data of its training side; 0.5 where none is stored)") + ". Baselines fitted on each model's "
-                             "training part (stored in its checkpoint). below_baseline: balanced accuracy not "
-                             "above the best baseline's.")
+                             "validation data of its training side; 0.5 where none is stored)")
+                             + ". Baselines fitted on each model's training part (stored in its checkpoint). "
+                             "below_baseline: balanced accuracy not above the best baseline's.")
         sal_rows = [{"checkpoint": k, "fluid_bscans": e["saliency"]["n"], "peak_in_mask": e["saliency"].get("hits", 0),
                      "share": round(e["saliency"].get("share", float("nan")), 3),
                      "chance": round(e["saliency"].get("chance", float("nan")), 3),

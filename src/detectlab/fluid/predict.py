@@ -108,6 +108,8 @@ def volume_results(rows: list[dict]) -> list[dict[str, Any]]:
 def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Namespace) -> int:
     import torch
 
+    from detectlab.core.checkpoints import read_header
+    from detectlab.core.errors import InputError
     from detectlab.core.runs import open_run, write_json
     from detectlab.core.runtime import choose_device
     from detectlab.fluid.data import IMAGE_EXT, Prep, crop_box, preprocess, remove_wedge
@@ -120,9 +122,6 @@ def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Na
     device = choose_device(getattr(args, "device", "cpu") or "cpu")
     model, mc = load_model(ck, device)
     prep = Prep.from_dict(mc["prep"])
-    from detectlab.core.checkpoints import read_header
-    from detectlab.core.errors import InputError
-
     given = getattr(args, "threshold", None)
     if given is not None and not 0.0 <= float(given) <= 1.0:
         raise InputError(f"--threshold {given}", "is not a probability", "a number from 0 to 1")

@@ -156,6 +156,7 @@ def stored_threshold(header: dict[str, Any], given: float | None) -> tuple[float
         return float(header["threshold"]), str(header.get("threshold_from", "stored in the checkpoint"))
     return 0.5, "0.5 (checkpoint stores no threshold)"
 
+
 def youden_threshold(y: np.ndarray, prob: np.ndarray) -> float:
     """The probability threshold (predict fluid at or above it) that maximises sensitivity + specificity on
     (y, prob), half-way to the next lower score; 0.5 when y has one class only."""
