@@ -4,6 +4,7 @@
     scripts/mutation.py                          # every module in TESTS
     scripts/mutation.py src/detectlab/core/metrics.py --show   # one module, list surviving mutants
     scripts/mutation.py --json docs/mutation.json
+    scripts/mutation.py src/detectlab/violence/strategy.py --only '*run_census*'   # only these mutants
 
 Runs in a temporary copy of this checkout (so several runs can go on at once and the tree stays clean):
 the whole package is copied and mutation narrowed with only_mutate (a copy of single files would make
@@ -15,6 +16,7 @@ mutants/src/detectlab a namespace package and every test would import the unmuta
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -92,7 +94,7 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
-def run(modules: list[str], children: int, show: bool, keep: bool) -> dict[str, dict]:
+def run(modules: list[str], children: int, show: bool, keep: bool, only: str = "") -> dict[str, dict]:
     tmp = Path(tempfile.mkdtemp(prefix="detectlab-mutation-"))
     try:
         for d in ("src", "tests", "benchmarks"):
@@ -109,7 +111,8 @@ def run(modules: list[str], children: int, show: bool, keep: bool) -> dict[str, 
         (tmp / "pyproject.toml").write_text(py)
         mutmut = str(Path(sys.executable).with_name("mutmut"))
         env = {**os.environ, "DETECTLAB_THREADS": os.environ.get("DETECTLAB_THREADS", "1")}
-        subprocess.run([mutmut, "run", "--max-children", str(children)], cwd=tmp, env=env, check=False)
+        subprocess.run([mutmut, "run", "--max-children", str(children), *([only] if only else [])], cwd=tmp, env=env,
+                       check=False)
         out = subprocess.run([mutmut, "results", "--all", "true"], cwd=tmp, env=env, capture_output=True,
                              text=True, check=False).stdout
         status: dict[str, Counter] = {m: Counter() for m in modules}
@@ -118,6 +121,8 @@ def run(modules: list[str], children: int, show: bool, keep: bool) -> dict[str, 
             if ":" not in line:
                 continue
             name, st = (x.strip() for x in line.rsplit(":", 1))
+            if only and not fnmatch.fnmatch(name, only):
+                continue
             for m in modules:
                 if name.startswith(_module_name(m) + "."):
                     status[m][st] += 1
@@ -152,13 +157,15 @@ def main() -> int:
     ap.add_argument("--show", action="store_true", help="print the surviving mutants' diffs")
     ap.add_argument("--json", help="write the scores to this JSON file")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy (mutmut browse there)")
+    ap.add_argument("--only", default="", help="run and score only the mutants whose names match this glob, "
+                                                "e.g. '*run_census*' (names as `mutmut results` prints them)")
     args = ap.parse_args()
     modules = args.modules or list(TESTS)
     unknown = [m for m in modules if m not in TESTS]
     if unknown:
         print(f"mutation.py: not in TESTS: {', '.join(unknown)} (expected one of: {', '.join(TESTS)})", file=sys.stderr)
         return 2
-    report = run(modules, args.children, args.show, args.keep)
+    report = run(modules, args.children, args.show, args.keep, args.only)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
