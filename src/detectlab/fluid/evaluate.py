@@ -72,15 +72,13 @@ def run(model_run: Path, data: Path, out: Path, args: argparse.Namespace) -> int
     from detectlab.fluid import baseline as B
     from detectlab.fluid.data import Prep, load_dataset, prepare
     from detectlab.fluid.saliency import saliency_on
-    from detectlab.fluid.train import heldout_metrics, load_model, predict_probs, stored_threshold
+    from detectlab.fluid.train import heldout_metrics, load_model, predict_probs, stored_threshold, threshold_arg
 
     model_run, data = Path(model_run), Path(data)
     if not (model_run / "config.toml").exists():
         raise InputError(model_run, "not a detectlab run folder (no config.toml)", "the --out folder of fluid train/run")
     cks = checkpoints(model_run, getattr(args, "checkpoint", "") or "")
-    given = getattr(args, "threshold", None)
-    if given is not None and not 0.0 <= float(given) <= 1.0:
-        raise InputError(f"--threshold {given}", "is not a probability", "a number from 0 to 1")
+    given = threshold_arg(args)
     device = choose_device(getattr(args, "device", "auto") or "auto")
     ds = load_dataset(data)
     run = evaluation_run(out, "fluid", model_run, data, {"checkpoint": getattr(args, "checkpoint", "") or "all",

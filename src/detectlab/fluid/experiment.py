@@ -38,7 +38,8 @@ from detectlab.fluid.config import DESIGNS, VARIANTS, Config
 from detectlab.fluid.data import (design_split, holdout, make_folds, prep_for, prepared, read_data,
                                   subjects_for)
 from detectlab.fluid.data import data_path as _data_path
-from detectlab.fluid.train import SYSTEM, fit, heldout_metrics, model_config, predict_probs, youden_threshold
+from detectlab.fluid.train import (SYSTEM, fit, heldout_metrics, model_config, pocket_baseline, predict_probs,
+                                   youden_threshold)
 
 #: the paper's Table II (train 90%) and Table III (train 10%): (batch, arch) -> (accuracy, sd, auc, sd)
 PAPER = {
@@ -134,7 +135,7 @@ def fold_unit(variant: str, design: str, arch: str, batch: int, fold: int, cfg_d
         save_checkpoint(ckpt, model, SYSTEM, model_config(cfg, arch, prep, mask), val_accuracy=res.best_accuracy,
                         design=design, fold=fold, batch=batch, variant=variant, selection=cfg.selection,
                         threshold=thr, threshold_from=THRESHOLD_FROM[cfg.selection],
-                        baselines=stored_baselines(allp, sp, cfg.selection, cfg.seed))
+                        baselines=stored_baselines(ds, allp, prep, sp, cfg.selection, cfg.seed))
     return out
 
 
@@ -143,24 +144,25 @@ THRESHOLD_FROM = {"inner": "Youden's J on the inner validation split of the trai
                   "test": "0.5 (the paper's rule)"}
 
 
-def stored_baselines(allp, sp: dict[str, Any], selection: str, seed: int) -> dict[str, Any]:
-    """The baselines as the protocol fits them on a model's training side, for its checkpoint (evaluate applies
-    them to new data): with selection "inner" the dark-pocket LR is fitted on the fitting part and its threshold
-    chosen on the inner validation split (Youden's J), as the network's; otherwise fitted on the whole training
-    part, threshold 0.5."""
-    y_all = allp.y.numpy()
-    train = np.asarray(sp["train"])
-    share = float(y_all[train].mean())
-    if selection == "inner":
-        fit_idx, val_idx = np.asarray(sp["fit"]), np.asarray(sp["val"])
-        params = B.fit_pocket_lr(B.features_of(allp.take(fit_idx)), y_all[fit_idx], seed)
-        thr = youden_threshold(y_all[val_idx], B.apply_pocket_lr(params, B.features_of(allp.take(val_idx))))
-    else:
-        params, thr = B.fit_pocket_lr(B.features_of(allp.take(train)), y_all[train], seed), 0.5
-    return {"train_fluid_share": share, "dark_pockets_lr": params, "dark_pockets_lr_threshold": float(thr)}
+def stored_baselines(ds, allp, prep, sp: dict[str, Any], selection: str, seed: int) -> dict[str, Any]:
+    """The baselines as the protocol fits them on a model's training side (the same fit and threshold as that
+    fold's baseline row: :func:`pocket_baseline`), for its checkpoint (evaluate applies them to new data)."""
+    y = allp.y.numpy()
+    params, thr = pocket_baseline(_features(ds, prep, allp), y, sp, selection, seed)
+    return {"train_fluid_share": float(y[np.asarray(sp["train"])].mean()), "dark_pockets_lr": params,
+            "dark_pockets_lr_threshold": float(thr)}
 
 
 _FEATURES: dict[tuple, np.ndarray] = {}
+
+
+def _features(ds, prep, allp) -> np.ndarray:
+    """The dark-pocket features of every B-scan, kept for the last (data, input) this process saw."""
+    fk = (ds.source, len(ds), prep)
+    if fk not in _FEATURES:
+        _FEATURES.clear()
+        _FEATURES[fk] = B.features_of(allp)
+    return _FEATURES[fk]
 
 
 def baseline_unit(design: str, fold: int, arch: str, denoise: bool, cfg_dict: dict, data: str) -> dict[str, Any]:
@@ -170,20 +172,12 @@ def baseline_unit(design: str, fold: int, arch: str, denoise: bool, cfg_dict: di
     sp = fold_split(cfg, ds, design, fold)
     prep = prep_for(cfg, arch, denoise)
     allp = prepared(ds, prep)
-    fk = (ds.source, len(ds), prep)
-    if fk not in _FEATURES:
-        _FEATURES.clear()
-        _FEATURES[fk] = B.features_of(allp)
-    f = _FEATURES[fk]
+    f = _features(ds, prep, allp)
     y = allp.y.numpy()
     tr, te = sp["train"], sp["test"]
     out = {"design": design, "fold": fold, "prep": prep_key(prep), "test_index": te.tolist(), "test_y": y[te].tolist()}
-    if cfg.selection == "inner":  # as the networks: fitted on the fitting part, threshold from the inner split
-        params = B.fit_pocket_lr(f[sp["fit"]], y[sp["fit"]], cfg.seed)
-        lr_thr = youden_threshold(y[sp["val"]], B.apply_pocket_lr(params, f[sp["val"]]))
-        lr_prob = B.apply_pocket_lr(params, f[te])
-    else:
-        lr_thr, lr_prob = 0.5, B.pocket_scores(f[tr], y[tr], f[te], cfg.seed)
+    params, lr_thr = pocket_baseline(f, y, sp, cfg.selection, cfg.seed)
+    lr_prob = B.apply_pocket_lr(params, f[te])
     for name, prob, thr in (("majority", B.majority_scores(y[tr], len(te)), 0.5), ("dark_pockets_lr", lr_prob, lr_thr)):
         prob = np.asarray(prob, float)
         out[name] = heldout_metrics(y[te], prob, thr) | {"test_prob": prob.tolist(), "threshold": thr,

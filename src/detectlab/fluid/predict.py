@@ -109,22 +109,19 @@ def run(model_run: Path, inputs: list[Path], out: Path | None, args: argparse.Na
     import torch
 
     from detectlab.core.checkpoints import read_header
-    from detectlab.core.errors import InputError
     from detectlab.core.runs import open_run, write_json
     from detectlab.core.runtime import choose_device
     from detectlab.fluid.data import IMAGE_EXT, Prep, crop_box, preprocess, remove_wedge
     from detectlab.fluid.figures import overlay_png
     from detectlab.fluid.saliency import gradcam, peak_points
-    from detectlab.fluid.train import load_model, stored_threshold
+    from detectlab.fluid.train import load_model, stored_threshold, threshold_arg
 
     folder, _ = open_run(model_run)
     ck = pick_checkpoint(folder, getattr(args, "checkpoint", "") or "")
     device = choose_device(getattr(args, "device", "cpu") or "cpu")
     model, mc = load_model(ck, device)
     prep = Prep.from_dict(mc["prep"])
-    given = getattr(args, "threshold", None)
-    if given is not None and not 0.0 <= float(given) <= 1.0:
-        raise InputError(f"--threshold {given}", "is not a probability", "a number from 0 to 1")
+    given = threshold_arg(args)
     thr, thr_from = stored_threshold(read_header(ck), given)
     files = expand_inputs(inputs)
     sal_dir = None

@@ -148,6 +148,16 @@ def heldout_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> 
             "sensitivity": sens, "specificity": spec, "n": int(len(y)), "n_fluid": int(y.sum())}
 
 
+def threshold_arg(args: Any) -> float | None:
+    """``--threshold`` of evaluate/predict: None when not given (each checkpoint's own), else a probability."""
+    from detectlab.core.errors import InputError
+
+    given = getattr(args, "threshold", None)
+    if given is not None and not 0.0 <= float(given) <= 1.0:
+        raise InputError(f"--threshold {given}", "is not a probability", "a number from 0 to 1")
+    return given
+
+
 def stored_threshold(header: dict[str, Any], given: float | None) -> tuple[float, str]:
     """(threshold, where it came from) for one checkpoint: --threshold when given, else the checkpoint's."""
     if given is not None:
@@ -173,6 +183,19 @@ def youden_threshold(y: np.ndarray, prob: np.ndarray) -> float:
     t = cand[best_i]
     below = cand[best_i + 1] if best_i + 1 < len(cand) else max(t - 1e-3, 0.0)
     return float((t + below) / 2)
+
+
+def pocket_baseline(f: np.ndarray, y: np.ndarray, sp: dict[str, Any], selection: str, seed: int
+                    ) -> tuple[dict[str, Any], float]:
+    """The dark-pocket LR of one fold, (parameters, decision threshold), from the features `f` and labels `y` of
+    every B-scan and the fold's index arrays `sp`: with selection "inner" fitted on sp["fit"], its threshold
+    chosen on sp["val"] (Youden's J), as the networks'; otherwise fitted on sp["train"], threshold 0.5."""
+    from detectlab.fluid import baseline as B
+
+    if selection == "inner":
+        params = B.fit_pocket_lr(f[sp["fit"]], y[sp["fit"]], seed)
+        return params, youden_threshold(y[sp["val"]], B.apply_pocket_lr(params, f[sp["val"]]))
+    return B.fit_pocket_lr(f[sp["train"]], y[sp["train"]], seed), 0.5
 
 
 def _better(select_by: str, va: float, vauc: float, vl: float, best: dict) -> bool:
@@ -463,8 +486,7 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
     yall = allp.y.numpy()
     vlog, vy = predict_probs(model, allp.take(va), device, cfg.train.eval_batch)
     thr = youden_threshold(vy.numpy(), torch.softmax(vlog, 1)[:, 1].numpy())
-    lr = B.fit_pocket_lr(B.features_of(allp.take(tr)), yall[tr], cfg.seed)
-    lr_thr = youden_threshold(yall[va], B.apply_pocket_lr(lr, B.features_of(allp.take(va))))
+    lr, lr_thr = pocket_baseline(B.features_of(allp), yall, {"fit": tr, "val": va}, "inner", cfg.seed)
     stored = {"train_fluid_share": float(yall[tr].mean()), "dark_pockets_lr": lr,
               "dark_pockets_lr_threshold": float(lr_thr)}
     ck = save_checkpoint(run.checkpoints / "model.safetensors", model, SYSTEM, model_config(cfg, arch, prep, mask),

@@ -544,8 +544,9 @@ def train_local(model: nn.Module, data: ClientData, spec: dict, epochs: int, rng
         if len(data.val):
             v = evaluate(model, data.val, stride, crop=crop)
             rec["val_loss"], rec["val_auc"] = v["loss"], v["chunk"]["auc"]
-            if val_score(v, rule) > best_score:
-                best_score, best_epoch, since = val_score(v, rule), ep, 0
+            score = val_score(v, rule)
+            if score > best_score:
+                best_score, best_epoch, since = score, ep, 0
                 best = {k: t.detach().clone() for k, t in model.state_dict().items()}
             else:
                 since += 1
