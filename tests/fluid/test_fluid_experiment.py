@@ -75,10 +75,26 @@ def test_protocol_metrics_tables_and_baselines(tiny_run):
 def test_protocol_checkpoints_store_the_folds_thresholds(tiny_run):
     """Catches: a protocol checkpoint without the decision threshold its fold chose on the inner validation
     split (evaluate and predict would then decide at 0.5), or a stored dark-pocket baseline fitted and
-    thresholded otherwise than the protocol's own baseline row of that fold."""
+    thresholded otherwise than the protocol's own baseline row of that fold, or a dark-pocket LR fitted on more
+    than the fitting part (the inner validation split that picks its threshold must stay out of its fit)."""
+    import tomllib
+
     from detectlab.core.checkpoints import read_header
+    from detectlab.core.config import from_dict
+    from detectlab.fluid import baseline as B
+    from detectlab.fluid.config import Config
+    from detectlab.fluid.data import prep_for, prepared, read_data
+    from detectlab.fluid.experiment import fold_split
 
     units = _units(tiny_run)
+    cfg = from_dict(Config, tomllib.loads((tiny_run / "config.toml").read_text()))
+    ds = read_data(tiny_run / "data" / "synthetic", cfg.max_images, cfg.seed)
+    sp = fold_split(cfg, ds, "train90", 0)
+    allp = prepared(ds, prep_for(cfg, "resnet18", False))
+    f, y = B.features_of(allp), allp.y.numpy()
+    lr = read_header(tiny_run / "checkpoints" / "train90-resnet18-bs=8.safetensors")["baselines"]["dark_pockets_lr"]
+    assert lr == B.fit_pocket_lr(f[sp["fit"]], y[sp["fit"]], cfg.seed)
+    assert lr != B.fit_pocket_lr(f[sp["train"]], y[sp["train"]], cfg.seed)
     for name in ("train90-resnet18-bs=8", "mask-train90-resnet18-bs=8", "train10-resnet18-bs=8"):
         h = read_header(tiny_run / "checkpoints" / f"{name}.safetensors")
         u = units[f"{name}-fold=0"]

@@ -155,7 +155,8 @@ def test_augmentation_generator_follows_the_data(monkeypatch):
     """GPU readiness: the augmentation draws from a generator made for the device the batches are moved to
     (a CPU ``torch.Generator()`` meeting CUDA tensors is an error on a GPU). Seam: fit asks make_generator
     for the training device and hands that very generator to augment; a hard-coded CPU generator (or one
-    made for another device) fails here even on a CPU-only machine."""
+    made for another device) fails here even on a CPU-only machine: training runs on ``cpu:0``, which a
+    generator asked for ``"cpu"`` is not (tensors on cpu:0 report plain ``cpu``, so batches compare by type)."""
     from detectlab.fluid import train as T
 
     asked, made, seen = [], [], []
@@ -173,9 +174,11 @@ def test_augmentation_generator_follows_the_data(monkeypatch):
     monkeypatch.setattr(T, "make_generator", gen_spy)
     monkeypatch.setattr(T, "augment_fn", aug_spy)
     d = _toy()
-    fit(Tiny(), d.take(range(32)), d.take(range(32, 64)), _tc(max_epochs=1), 8, CPU, augment=True)
-    assert asked == [torch.device(CPU)]
-    assert len(seen) == 4 and all(g is made[0] and dev == asked[0] for g, dev in seen)
+    dev0 = torch.device("cpu", 0)
+    fit(Tiny(), d.take(range(32)), d.take(range(32, 64)), _tc(max_epochs=1), 8, dev0, augment=True)
+    assert asked == [dev0]  # the training device itself, not a device named in the code
+    assert len(seen) == 4  # 32 images, batches of 8, one epoch: every batch augmented
+    assert all(g is made[0] and dev.type == dev0.type for g, dev in seen)  # with that very generator
 
 
 def test_find_max_batch_cpu_measures_each_architecture_on_its_own():

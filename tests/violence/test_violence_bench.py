@@ -8,8 +8,10 @@ import pytest
 
 def test_bench_smoke(load_bench):
     """Fault caught: a fast decoder that returns other images than OpenCV's (colour order, size, scaling), or
-    drops frames; timings that are not interleaved repetitions; FedPer's train replies carrying more than the
-    base (the byte ratio is read from the round's messages, so it is not equal to base/total by construction)."""
+    drops frames; fewer than 5 repetitions, or ratios inverted or not paired repetition by repetition (the
+    interleaved order itself is pinned by tests/core test_interleaved_alternates_and_pairs_the_ratios); FedPer's
+    train replies carrying more than the base (the byte ratio is read from the round's messages, so it is not
+    equal to base/total by construction)."""
     res = load_bench("violence").main(["--size", "smoke"])
     d = res["decode"]
     assert d["chunks_ours"] == d["chunks_opencv"] == 16  # 8 clips of 32 frames
