@@ -155,3 +155,6 @@ def test_evaluate_and_predict_apply_the_checkpoints_threshold(model_run, tmp_pat
     assert main(["fluid", "evaluate", str(run2), str(data), "--out", str(tmp_path / "bad"), "--threshold", "1.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--threshold 1.5" in err
+    assert main(["fluid", "predict", str(run2), str(next(data.rglob("oct.mhd"))), "--threshold", "-0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "detectlab: error: --threshold -0.1: is not a probability (expected a number from 0 to 1)"
